@@ -1,0 +1,213 @@
+//! Inbound authentication: ACS3-HMAC-SHA256 and v1 HMAC-SHA1, timestamps, replay-proof nonces.
+//!
+//! Nonces are recorded in the database, so a replay is caught whichever API process receives it.
+
+use axum::http::HeaderMap;
+use chrono::{DateTime, NaiveDateTime, Utc};
+use msgcontact::{
+    ApiError, Error,
+    domain::AccountId,
+    entities::{access_key, signature_nonce},
+    signing::{self, Acs3Authorization, Acs3Request},
+    status,
+    time::now_ms,
+};
+use sea_orm::{ActiveValue::Set, DatabaseConnection, DbErr, EntityTrait, sea_query::OnConflict};
+
+use crate::params::Params;
+
+/// How far a request's timestamp may be from our clock, either way.
+pub const MAX_SKEW_MS: i64 = 15 * 60 * 1000;
+
+/// What the signature covers besides the parameters.
+pub struct SignedRequest<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    pub headers: &'a HeaderMap,
+    pub query: &'a Params,
+    pub all_params: &'a Params,
+    pub body: &'a [u8],
+    /// True when the action came from the `x-acs-action` header (it must then be signed).
+    pub action_from_header: bool,
+}
+
+/// Authenticates a request and returns the account its key belongs to.
+pub async fn authenticate(db: &DatabaseConnection, req: &SignedRequest<'_>) -> Result<AccountId, ApiError> {
+    let authz = req
+        .headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if authz.starts_with(signing::ACS3_ALGORITHM) {
+        acs3(db, req, authz).await
+    } else if authz.is_empty() && (req.all_params.get("Signature").is_some() || req.all_params.get("AccessKeyId").is_some()) {
+        v1(db, req).await
+    } else if authz.is_empty() {
+        Err(ApiError::IncompleteSignature("The request is not signed."))
+    } else {
+        Err(ApiError::SignatureMethodUnsupported)
+    }
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty())
+}
+
+async fn acs3(db: &DatabaseConnection, req: &SignedRequest<'_>, authz: &str) -> Result<AccountId, ApiError> {
+    let auth = Acs3Authorization::parse(authz)
+        .ok_or(ApiError::IncompleteSignature("The Authorization header is malformed."))?;
+    let date = header(req.headers, "x-acs-date")
+        .ok_or(ApiError::IncompleteSignature("x-acs-date is missing."))?;
+    let nonce = header(req.headers, "x-acs-signature-nonce")
+        .ok_or(ApiError::IncompleteSignature("x-acs-signature-nonce is missing."))?;
+    let content_sha = header(req.headers, "x-acs-content-sha256")
+        .ok_or(ApiError::IncompleteSignature("x-acs-content-sha256 is missing."))?;
+    let signed: Vec<&str> = auth.signed_headers.split(';').collect();
+    // Without these in the signature, a captured request could be replayed with a fresh nonce or
+    // date, or redirected to another action.
+    let mut must_sign = vec!["x-acs-date", "x-acs-signature-nonce", "x-acs-content-sha256"];
+    if req.action_from_header {
+        must_sign.push("x-acs-action");
+    }
+    if must_sign.iter().any(|h| !signed.contains(h)) {
+        return Err(ApiError::IncompleteSignature("SignedHeaders must include the x-acs-* headers."));
+    }
+    let mut headers = Vec::with_capacity(signed.len());
+    for name in &signed {
+        if name.is_empty() || name.bytes().any(|b| b.is_ascii_uppercase()) {
+            return Err(ApiError::IncompleteSignature("SignedHeaders is malformed."));
+        }
+        let values: Vec<&str> = req
+            .headers
+            .get_all(*name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        if values.is_empty() {
+            return Err(ApiError::IncompleteSignature("A signed header is missing."));
+        }
+        headers.push((name.to_string(), values.join(",")));
+    }
+
+    let key = lookup_key(db, &auth.access_key_id).await?;
+    check_timestamp(parse_time(date)?)?;
+    if !signing::signatures_equal(&signing::sha256_hex(req.body), &content_sha.to_ascii_lowercase()) {
+        return Err(ApiError::SignatureDoesNotMatch);
+    }
+    let expected = Acs3Request {
+        method: req.method,
+        path: req.path,
+        query: req.query.pairs(),
+        headers: &headers,
+        signed_headers: &auth.signed_headers,
+        payload_hash: content_sha,
+    }
+    .signature(&key.secret);
+    if !signing::signatures_equal(&expected, &auth.signature.to_ascii_lowercase()) {
+        return Err(ApiError::SignatureDoesNotMatch);
+    }
+    consume_nonce(db, &key.access_key_id, nonce).await?;
+    AccountId::parse(&key.account_id).map_err(|_| ApiError::Internal)
+}
+
+async fn v1(db: &DatabaseConnection, req: &SignedRequest<'_>) -> Result<AccountId, ApiError> {
+    let p = req.all_params;
+    let missing = |what| ApiError::IncompleteSignature(what);
+    let ak = p.get("AccessKeyId").ok_or(missing("AccessKeyId is missing."))?;
+    let signature = p.get("Signature").ok_or(missing("Signature is missing."))?;
+    let nonce = p.get("SignatureNonce").ok_or(missing("SignatureNonce is missing."))?;
+    let timestamp = p.get("Timestamp").ok_or(missing("Timestamp is missing."))?;
+    match p.get("SignatureMethod") {
+        Some("HMAC-SHA1") => {}
+        None => return Err(missing("SignatureMethod is missing.")),
+        Some(_) => return Err(ApiError::SignatureMethodUnsupported),
+    }
+    if p.get("SignatureVersion").is_none() {
+        return Err(missing("SignatureVersion is missing."));
+    }
+    let key = lookup_key(db, ak).await?;
+    check_timestamp(parse_time(timestamp)?)?;
+    let signed_params: Vec<(&str, &str)> = p
+        .pairs()
+        .iter()
+        .filter(|(k, _)| k != "Signature")
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let expected = signing::v1_signature(&key.secret, &signing::v1_string_to_sign(req.method, &signed_params));
+    if !signing::signatures_equal(&expected, signature) {
+        return Err(ApiError::SignatureDoesNotMatch);
+    }
+    consume_nonce(db, &key.access_key_id, nonce).await?;
+    AccountId::parse(&key.account_id).map_err(|_| ApiError::Internal)
+}
+
+async fn lookup_key(db: &DatabaseConnection, id: &str) -> Result<access_key::Model, ApiError> {
+    let key = access_key::Entity::find_by_id(id.to_owned())
+        .one(db)
+        .await
+        .map_err(db_unavailable)?
+        .ok_or(ApiError::AccessKeyNotFound)?;
+    if key.status != status::access_key::ACTIVE {
+        return Err(ApiError::AccessKeyInactive);
+    }
+    Ok(key)
+}
+
+fn parse_time(s: &str) -> Result<i64, ApiError> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Ok(t.timestamp_millis());
+    }
+    NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%SZ")
+        .map(|t| t.and_utc().timestamp_millis())
+        .map_err(|_| ApiError::TimestampFormat)
+}
+
+fn check_timestamp(ms: i64) -> Result<(), ApiError> {
+    if (Utc::now().timestamp_millis() - ms).abs() > MAX_SKEW_MS {
+        Err(ApiError::TimestampExpired)
+    } else {
+        Ok(())
+    }
+}
+
+async fn consume_nonce(db: &DatabaseConnection, access_key_id: &str, nonce: &str) -> Result<(), ApiError> {
+    if nonce.len() > 128 {
+        return Err(ApiError::IncompleteSignature("The signature nonce is too long."));
+    }
+    let row = signature_nonce::ActiveModel {
+        access_key_id: Set(access_key_id.to_owned()),
+        nonce: Set(nonce.to_owned()),
+        // Kept past the timestamp window on both sides: a replay with the same nonce is either
+        // caught here or rejected as expired.
+        expires_ms: Set(now_ms() + 2 * MAX_SKEW_MS),
+    };
+    let inserted = signature_nonce::Entity::insert(row)
+        .on_conflict(
+            OnConflict::columns([signature_nonce::Column::AccessKeyId, signature_nonce::Column::Nonce])
+                .do_nothing()
+                .to_owned(),
+        )
+        .exec_without_returning(db)
+        .await;
+    match inserted {
+        Ok(0) | Err(DbErr::RecordNotInserted) => Err(ApiError::SignatureNonceUsed),
+        Ok(_) => Ok(()),
+        Err(e) => Err(db_unavailable(e)),
+    }
+}
+
+/// Removes nonces past their replay window.
+pub async fn purge_nonces(db: &DatabaseConnection) -> Result<u64, Error> {
+    use sea_orm::{ColumnTrait, QueryFilter};
+    let res = signature_nonce::Entity::delete_many()
+        .filter(signature_nonce::Column::ExpiresMs.lt(now_ms()))
+        .exec(db)
+        .await?;
+    Ok(res.rows_affected)
+}
+
+/// A database failure on the request path: the caller may retry.
+pub fn db_unavailable(e: DbErr) -> ApiError {
+    tracing::error!(error = %e, "database error");
+    ApiError::ServiceUnavailable { retry_after_ms: 1000 }
+}

@@ -1,0 +1,303 @@
+//! msgcontact API: Alibaba Cloud RPC over HTTP, authenticated, validated, with confirmed publishing.
+//!
+//! `Application::build` binds and connects everything; `run_until_stopped` serves until the
+//! cancellation token fires, then drains in-flight requests.
+
+pub mod auth;
+pub mod cli;
+pub mod ops;
+pub mod params;
+pub mod publisher;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use axum::{
+    Router,
+    body::{Body, Bytes},
+    extract::{Request, State},
+    http::{HeaderMap, HeaderValue, Method, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use msgcontact::{
+    ApiError,
+    config::{InfraConfig, PolicyConfig},
+    domain::RequestId,
+    job::Topology,
+};
+use sea_orm::{
+    DatabaseConnection, DatabaseTransaction, SqliteTransactionMode, TransactionOptions, TransactionTrait,
+};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::{params::Params, publisher::Publisher};
+
+/// The only API version served.
+pub const API_VERSION: &str = "2022-04-19";
+
+/// Errors of building or running the API.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Core(#[from] msgcontact::Error),
+    #[error("broker: {0}")]
+    Amqp(#[from] lapin::Error),
+    #[error("database: {0}")]
+    Db(#[from] sea_orm::DbErr),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// API-only settings.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ApiOptions {
+    /// Address the API listens on.
+    #[arg(long, env = "MSGCONTACT_API_LISTEN", default_value = "127.0.0.1:8080")]
+    pub api_listen: String,
+    /// Largest accepted request body in bytes.
+    #[arg(long, env = "MSGCONTACT_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
+    pub max_body_bytes: usize,
+    /// Longest wait for the broker's publish confirm before answering 503.
+    #[arg(long, env = "MSGCONTACT_PUBLISH_CONFIRM_TIMEOUT_MS", default_value_t = 5000)]
+    pub publish_confirm_timeout_ms: u64,
+    /// Confirm-mode channels publishes rotate over.
+    #[arg(long, env = "MSGCONTACT_PUBLISH_CHANNELS", default_value_t = 4)]
+    pub publish_channels: usize,
+}
+
+/// Everything `msgcontact-api` needs to serve.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Config {
+    #[command(flatten)]
+    pub infra: InfraConfig,
+    #[command(flatten)]
+    pub policy: PolicyConfig,
+    #[command(flatten)]
+    pub api: ApiOptions,
+}
+
+/// Shared by every request.
+pub struct AppState {
+    pub db: DatabaseConnection,
+    pub policy: PolicyConfig,
+    pub publisher: Publisher,
+    pub code_secret: Vec<u8>,
+    pub max_body_bytes: usize,
+    pub amqp: lapin::Connection,
+}
+
+/// Starts a write transaction. On SQLite it takes the write lock up front (`BEGIN IMMEDIATE`), so a
+/// transaction that reads before it writes waits for its turn instead of failing with BUSY.
+pub async fn write_txn(db: &DatabaseConnection) -> Result<DatabaseTransaction, ApiError> {
+    db.begin_with_options(TransactionOptions {
+        sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+        ..Default::default()
+    })
+    .await
+    .map_err(auth::db_unavailable)
+}
+
+pub struct Application {
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+}
+
+impl Application {
+    pub async fn build(config: Config) -> Result<Self, Error> {
+        let db = msgcontact::db::connect(&config.infra.database_url, config.infra.database_pool).await?;
+        let code_secret = msgcontact::db::code_secret(&db, config.infra.code_secret.as_deref()).await?;
+        let amqp = msgcontact::amqp::connect(&config.infra.amqp_url, "msgcontact-api").await?;
+        let topology = Topology::new(&config.infra.queue_prefix, config.infra.queue_max_length);
+        let ch = amqp.create_channel().await?;
+        topology.declare(&ch).await?;
+        let _ = ch.close(200, "declared".into()).await;
+        let publisher = Publisher::new(
+            &amqp,
+            &topology,
+            config.api.publish_channels,
+            Duration::from_millis(config.api.publish_confirm_timeout_ms),
+        )
+        .await?;
+        let listener = tokio::net::TcpListener::bind(&config.api.api_listen).await?;
+        Ok(Self {
+            listener,
+            state: Arc::new(AppState {
+                db,
+                policy: config.policy,
+                publisher,
+                code_secret,
+                max_body_bytes: config.api.max_body_bytes,
+                amqp,
+            }),
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("bound listener has an address")
+    }
+
+    pub fn state(&self) -> Arc<AppState> {
+        self.state.clone()
+    }
+
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), Error> {
+        let state = self.state.clone();
+        let purge_db = state.db.clone();
+        let purge_stop = shutdown.clone();
+        let purger = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tokio::select! {
+                    _ = purge_stop.cancelled() => break,
+                    _ = tick.tick() => {
+                        if let Err(e) = auth::purge_nonces(&purge_db).await {
+                            tracing::warn!(error = %e, "nonce purge failed");
+                        }
+                    }
+                }
+            }
+        });
+        let app = router(state.clone());
+        tracing::info!(addr = %self.local_addr(), "API listening");
+        axum::serve(self.listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await?;
+        purger.abort();
+        let _ = state.amqp.close(200, "shutdown".into()).await;
+        tracing::info!("API stopped");
+        Ok(())
+    }
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .fallback(rpc)
+        .with_state(state)
+}
+
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    let db_ok = state.db.ping().await.is_ok();
+    let broker_ok = state.amqp.status().connected() && state.publisher.is_ready();
+    let body = json!({ "database": db_ok, "broker": broker_ok });
+    let status = if db_ok && broker_ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, axum::Json(body)).into_response()
+}
+
+/// Renders a success or an error in the Alibaba wire format.
+fn render(request_id: RequestId, host: &str, result: Result<serde_json::Map<String, Value>, ApiError>) -> Response {
+    match result {
+        Ok(mut body) => {
+            body.insert("RequestId".into(), json!(request_id.to_string()));
+            (StatusCode::OK, axum::Json(Value::Object(body))).into_response()
+        }
+        Err(e) => {
+            let body = json!({
+                "RequestId": request_id.to_string(),
+                "HostId": host,
+                "Code": e.code(),
+                "Message": e.message(),
+                "Recommend": "",
+            });
+            let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let mut resp = (status, axum::Json(body)).into_response();
+            if let Some(ms) = e.retry_after_ms() {
+                let h = resp.headers_mut();
+                h.insert("x-acs-retry-after", HeaderValue::from(ms));
+                h.insert(header::RETRY_AFTER, HeaderValue::from(ms.div_ceil(1000).max(1)));
+            }
+            resp
+        }
+    }
+}
+
+async fn rpc(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    let request_id = RequestId::new();
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("msgcontact")
+        .to_owned();
+    let span = tracing::info_span!("rpc", request_id = %request_id, action = tracing::field::Empty);
+    let _enter = span.enter();
+    drop(_enter);
+    let result = handle(&state, req, request_id, &span).await;
+    if let Err(e) = &result {
+        span.in_scope(|| tracing::info!(code = %e.code(), status = e.status(), "request failed"));
+    }
+    render(request_id, &host, result)
+}
+
+async fn handle(
+    state: &AppState,
+    req: Request,
+    request_id: RequestId,
+    span: &tracing::Span,
+) -> Result<serde_json::Map<String, Value>, ApiError> {
+    let (parts, body) = req.into_parts();
+    if parts.method != Method::POST && parts.method != Method::GET {
+        return Err(ApiError::UnsupportedMethod);
+    }
+    if parts.uri.path() != "/" {
+        return Err(ApiError::ActionNotFound);
+    }
+    let body = read_body(body, state.max_body_bytes).await?;
+    let mut query = Params::default();
+    query.parse_into(parts.uri.query().unwrap_or("").as_bytes())?;
+    let mut all = query.clone();
+    if is_form(&parts.headers) || (!body.is_empty() && parts.headers.get(header::CONTENT_TYPE).is_none()) {
+        all.parse_into(&body)?;
+    }
+    let header_action = parts.headers.get("x-acs-action").and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty());
+    let action = header_action.or(all.get("Action")).ok_or(ApiError::MissingAction)?.to_owned();
+    span.record("action", action.as_str());
+    let version = parts
+        .headers
+        .get("x-acs-version")
+        .and_then(|v| v.to_str().ok())
+        .or(all.get("Version"));
+    if version != Some(API_VERSION) {
+        return Err(ApiError::InvalidVersion);
+    }
+    let account = auth::authenticate(
+        &state.db,
+        &auth::SignedRequest {
+            method: parts.method.as_str(),
+            path: parts.uri.path(),
+            headers: &parts.headers,
+            query: &query,
+            all_params: &all,
+            body: &body,
+            action_from_header: header_action.is_some(),
+        },
+    )
+    .await?;
+    use tracing::Instrument;
+    ops::dispatch(state, &action, &account, &all, request_id)
+        .instrument(span.clone())
+        .await
+}
+
+fn is_form(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"))
+}
+
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        // `to_bytes` reports an over-limit body as a length-limit error somewhere in its sources.
+        let mut src: Option<&dyn std::error::Error> = Some(&e);
+        while let Some(s) = src {
+            if s.is::<http_body_util::LengthLimitError>() {
+                return ApiError::BodyTooLarge(limit);
+            }
+            src = s.source();
+        }
+        ApiError::InvalidParameter("Body")
+    })
+}

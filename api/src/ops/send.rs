@@ -1,0 +1,264 @@
+//! Sending and checking phone verifications, and the status of a send request.
+
+use msgcontact::{
+    ApiError,
+    code::code_matches,
+    domain::{AccountId, ContactId, PhoneNumber, RequestId, mask_phone},
+    entities::{account, contact, daily_counter, send_request, verification},
+    job::SendJob,
+    status::{SendStatus, verification as vstatus},
+    time::{format_ms, now_ms, utc_day},
+};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, Condition, DbErr, EntityTrait, QueryFilter,
+    sea_query::{Expr, ExprTrait, OnConflict},
+};
+
+use super::{OpResult, contacts::find_contact};
+use crate::{AppState, auth::db_unavailable, obj, params::Params};
+
+/// Key of the single live verification of a contact's number (unique in the database).
+pub fn live_key(contact_id: &str, phone: &str) -> String {
+    format!("{contact_id}/{phone}")
+}
+
+/// Every synchronous check of the SPEC, in its order, then one transaction reserving quota and
+/// cooldown and recording the request, then a confirmed publish.
+pub async fn send_phone(state: &AppState, account: &AccountId, p: &Params, request_id: RequestId) -> OpResult {
+    let id = ContactId::parse(p.require("ContactId")?)?;
+    let phone = PhoneNumber::parse(p.require("PhoneNumber")?, &state.policy.supported_country_codes)?;
+    let phone_s = phone.to_string();
+    let c = find_contact(&state.db, account, &id).await?;
+    if c.pending_phone.as_deref() != Some(phone_s.as_str()) && c.phone.as_deref() != Some(phone_s.as_str()) {
+        return Err(ApiError::InvalidParameter("PhoneNumber"));
+    }
+    if c.pending_phone.as_deref() != Some(phone_s.as_str()) {
+        return Err(ApiError::VerificationNotFound);
+    }
+    let limit = account::Entity::find_by_id(account.to_string())
+        .one(&state.db)
+        .await
+        .map_err(db_unavailable)?
+        .and_then(|a| a.daily_limit)
+        .map(|l| Ord::max(l, 0) as u32)
+        .unwrap_or(state.policy.daily_limit);
+
+    let now = now_ms();
+    let day = utc_day(now);
+    let cooldown_ms = state.policy.cooldown().as_millis() as i64;
+    let rid = request_id.to_string();
+
+    let txn = crate::write_txn(&state.db).await?;
+    // Quota first (its 409 outranks the cooldown's 429): an atomic conditional increment, exact
+    // under any concurrency and across processes because the row lock (or SQLite's single writer)
+    // serializes the check and the increment.
+    let _ = daily_counter::Entity::insert(daily_counter::ActiveModel {
+        account_id: Set(account.to_string()),
+        day: Set(day.clone()),
+        count: Set(0),
+    })
+    .on_conflict(OnConflict::columns([daily_counter::Column::AccountId, daily_counter::Column::Day]).do_nothing().to_owned())
+    .exec_without_returning(&txn)
+    .await
+    .or_else(|e| if matches!(e, DbErr::RecordNotInserted) { Ok(0) } else { Err(e) })
+    .map_err(db_unavailable)?;
+    let reserved = daily_counter::Entity::update_many()
+        .col_expr(daily_counter::Column::Count, Expr::col(daily_counter::Column::Count).add(1))
+        .filter(daily_counter::Column::AccountId.eq(account.as_str()))
+        .filter(daily_counter::Column::Day.eq(day.as_str()))
+        .filter(daily_counter::Column::Count.lt(limit as i32))
+        .exec(&txn)
+        .await
+        .map_err(db_unavailable)?;
+    if reserved.rows_affected == 0 {
+        return Err(ApiError::DailyLimitExceeded);
+    }
+    // Cooldown: claim the contact's send slot only if the last send is old enough.
+    let claimed = contact::Entity::update_many()
+        .col_expr(contact::Column::LastSendMs, Expr::value(now))
+        .filter(contact::Column::ContactId.eq(id.as_str()))
+        .filter(contact::Column::AccountId.eq(account.as_str()))
+        .filter(contact::Column::PendingPhone.eq(phone_s.as_str()))
+        .filter(
+            Condition::any()
+                .add(contact::Column::LastSendMs.is_null())
+                .add(contact::Column::LastSendMs.lte(now - cooldown_ms)),
+        )
+        .exec(&txn)
+        .await
+        .map_err(db_unavailable)?;
+    if claimed.rows_affected == 0 {
+        // Tell apart a concurrent change of the contact from the cooldown.
+        let c = find_contact(&txn, account, &id).await?;
+        if c.pending_phone.as_deref() != Some(phone_s.as_str()) {
+            return Err(ApiError::VerificationNotFound);
+        }
+        let wait = c.last_send_ms.unwrap_or(now) + cooldown_ms - now;
+        return Err(ApiError::ContactThrottled { retry_after_ms: Ord::max(wait, 1) as u64 });
+    }
+    send_request::Entity::insert(send_request::ActiveModel {
+        request_id: Set(rid.clone()),
+        account_id: Set(account.to_string()),
+        contact_id: Set(id.to_string()),
+        phone: Set(phone_s.clone()),
+        status: Set(SendStatus::Queued.as_str().into()),
+        attempts: Set(0),
+        failure_code: Set(None),
+        failure_message: Set(None),
+        provider_message_id: Set(None),
+        verification_id: Set(None),
+        day: Set(day.clone()),
+        accepted_ms: Set(now),
+        sent_ms: Set(None),
+        updated_ms: Set(now),
+    })
+    .exec_without_returning(&txn)
+    .await
+    .map_err(db_unavailable)?;
+    txn.commit().await.map_err(db_unavailable)?;
+
+    let traceparent = format!("00-{}-{}-01", rid.replace('-', "").to_lowercase(), &hex::encode(rand::random::<[u8; 8]>()));
+    if let Err(e) = state.publisher.publish(&SendJob::new(rid.clone()), Some(&traceparent)).await {
+        tracing::warn!(request_id = %rid, error = %e, "publish failed; releasing quota and cooldown");
+        release(state, account, &id, &rid, &day, now, &e.to_string()).await;
+        return Err(ApiError::ServiceUnavailable { retry_after_ms: 1000 });
+    }
+    tracing::info!(request_id = %rid, contact_id = %id, phone = %phone.masked(), "send accepted");
+    Ok(obj! {})
+}
+
+/// Undoes the reservation of a request whose publish failed: it ends Failed, and the quota and the
+/// cooldown slot it took are given back.
+async fn release(state: &AppState, account: &AccountId, id: &ContactId, rid: &str, day: &str, sent_at: i64, why: &str) {
+    let result: Result<(), ApiError> = async {
+        let txn = crate::write_txn(&state.db).await?;
+        let failed = send_request::Entity::update_many()
+            .col_expr(send_request::Column::Status, Expr::value(SendStatus::Failed.as_str()))
+            .col_expr(send_request::Column::FailureCode, Expr::value("PublishFailed"))
+            .col_expr(send_request::Column::FailureMessage, Expr::value(why))
+            .col_expr(send_request::Column::UpdatedMs, Expr::value(now_ms()))
+            .filter(send_request::Column::RequestId.eq(rid))
+            .filter(send_request::Column::Status.eq(SendStatus::Queued.as_str()))
+            .exec(&txn)
+            .await
+            .map_err(db_unavailable)?;
+        if failed.rows_affected == 1 {
+            daily_counter::Entity::update_many()
+                .col_expr(daily_counter::Column::Count, Expr::col(daily_counter::Column::Count).sub(1))
+                .filter(daily_counter::Column::AccountId.eq(account.as_str()))
+                .filter(daily_counter::Column::Day.eq(day))
+                .filter(daily_counter::Column::Count.gt(0))
+                .exec(&txn)
+                .await
+                .map_err(db_unavailable)?;
+            contact::Entity::update_many()
+                .col_expr(contact::Column::LastSendMs, Expr::value(Option::<i64>::None))
+                .filter(contact::Column::ContactId.eq(id.as_str()))
+                .filter(contact::Column::LastSendMs.eq(sent_at))
+                .exec(&txn)
+                .await
+                .map_err(db_unavailable)?;
+        }
+        txn.commit().await.map_err(db_unavailable)
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::error!(request_id = %rid, error = %e, "could not release the reservation of a failed publish");
+    }
+}
+
+pub async fn check_phone(state: &AppState, account: &AccountId, p: &Params) -> OpResult {
+    let id = ContactId::parse(p.require("ContactId")?)?;
+    let phone = PhoneNumber::parse(p.require("PhoneNumber")?, &state.policy.supported_country_codes)?;
+    let code = p.require("VerificationCode")?;
+    if code.len() != 6 || !code.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ApiError::InvalidParameter("VerificationCode"));
+    }
+    let phone_s = phone.to_string();
+    find_contact(&state.db, account, &id).await?;
+    let v = verification::Entity::find()
+        .filter(verification::Column::LiveKey.eq(live_key(id.as_str(), &phone_s)))
+        .one(&state.db)
+        .await
+        .map_err(db_unavailable)?
+        .ok_or(ApiError::VerificationNotFound)?;
+    let max = state.policy.code_max_attempts as i32;
+    if v.status == vstatus::LOCKED || v.failed_attempts >= max {
+        return Err(ApiError::VerificationCodeAttemptsExceeded);
+    }
+    if now_ms() > v.expires_ms {
+        return Err(ApiError::VerificationCodeExpired);
+    }
+    if !code_matches(&state.code_secret, &v.verification_id, code) {
+        // Count the miss atomically so parallel guesses cannot exceed the limit.
+        let counted = verification::Entity::update_many()
+            .col_expr(verification::Column::FailedAttempts, Expr::col(verification::Column::FailedAttempts).add(1))
+            .filter(verification::Column::VerificationId.eq(v.verification_id.as_str()))
+            .filter(verification::Column::Status.eq(vstatus::PENDING))
+            .filter(verification::Column::FailedAttempts.lt(max))
+            .exec(&state.db)
+            .await
+            .map_err(db_unavailable)?;
+        if counted.rows_affected == 0 {
+            return Err(ApiError::VerificationCodeAttemptsExceeded);
+        }
+        let used = v.failed_attempts + 1;
+        if used >= max {
+            verification::Entity::update_many()
+                .col_expr(verification::Column::Status, Expr::value(vstatus::LOCKED))
+                .filter(verification::Column::VerificationId.eq(v.verification_id.as_str()))
+                .filter(verification::Column::Status.eq(vstatus::PENDING))
+                .exec(&state.db)
+                .await
+                .map_err(db_unavailable)?;
+        }
+        return Err(ApiError::InvalidVerificationCode { attempts_left: Ord::max(max - used, 0) as u32 });
+    }
+    let txn = crate::write_txn(&state.db).await?;
+    // Single use: only one check can move the code out of Pending.
+    let used = verification::Entity::update_many()
+        .col_expr(verification::Column::Status, Expr::value(vstatus::VERIFIED))
+        .col_expr(verification::Column::LiveKey, Expr::value(Option::<String>::None))
+        .filter(verification::Column::VerificationId.eq(v.verification_id.as_str()))
+        .filter(verification::Column::Status.eq(vstatus::PENDING))
+        .exec(&txn)
+        .await
+        .map_err(db_unavailable)?;
+    if used.rows_affected == 0 {
+        return Err(ApiError::VerificationNotFound);
+    }
+    contact::Entity::update_many()
+        .col_expr(contact::Column::Phone, Expr::value(phone_s.as_str()))
+        .col_expr(contact::Column::PendingPhone, Expr::value(Option::<String>::None))
+        .col_expr(contact::Column::UpdatedMs, Expr::value(now_ms()))
+        .filter(contact::Column::ContactId.eq(id.as_str()))
+        .filter(contact::Column::PendingPhone.eq(phone_s.as_str()))
+        .exec(&txn)
+        .await
+        .map_err(db_unavailable)?;
+    let c = find_contact(&txn, account, &id).await?;
+    txn.commit().await.map_err(db_unavailable)?;
+    tracing::info!(contact_id = %id, phone = %phone.masked(), "phone verified");
+    Ok(obj! { "Status" => super::contacts::contact_status(&c) })
+}
+
+pub async fn get_request(state: &AppState, account: &AccountId, p: &Params) -> OpResult {
+    let rid = RequestId::parse(p.require("RequestId")?)?;
+    let r = send_request::Entity::find_by_id(rid.to_string())
+        .filter(send_request::Column::AccountId.eq(account.as_str()))
+        .one(&state.db)
+        .await
+        .map_err(db_unavailable)?
+        .ok_or(ApiError::RequestNotFound)?;
+    Ok(obj! { "Request" => serde_json::json!({
+        "RequestId": r.request_id,
+        "ContactId": r.contact_id,
+        "PhoneNumber": mask_phone(&r.phone),
+        "Status": r.status,
+        "Attempts": r.attempts,
+        "FailureCode": r.failure_code,
+        "FailureMessage": r.failure_message,
+        "AcceptedDate": format_ms(r.accepted_ms),
+        "SentDate": r.sent_ms.map(format_ms),
+    }) })
+}

@@ -1,0 +1,413 @@
+//! Domain types parsed at the edge: once a value has one of these types, it is valid.
+
+use std::fmt;
+
+use rand::Rng;
+use uuid::Uuid;
+
+use crate::error::ApiError;
+
+/// `c-` followed by 16 ASCII alphanumerics.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ContactId(String);
+
+impl ContactId {
+    pub fn parse(s: &str) -> Result<Self, ApiError> {
+        let ok = s.len() == 18
+            && s.starts_with("c-")
+            && s[2..].bytes().all(|b| b.is_ascii_alphanumeric());
+        if ok {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(ApiError::InvalidParameter("ContactId"))
+        }
+    }
+
+    pub fn generate() -> Self {
+        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+        let mut rng = rand::rng();
+        let tail: String = (0..16)
+            .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+            .collect();
+        Self(format!("c-{tail}"))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ContactId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// An account (tenant): 1 to 32 ASCII digits, as Alibaba account ids are.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct AccountId(String);
+
+impl AccountId {
+    pub fn parse(s: &str) -> Result<Self, ApiError> {
+        if !s.is_empty() && s.len() <= 32 && s.bytes().all(|b| b.is_ascii_digit()) {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(ApiError::InvalidParameter("AccountId"))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for AccountId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A request id: a UUID, written upper case as Alibaba services do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RequestId(Uuid);
+
+impl RequestId {
+    pub fn new() -> Self {
+        Self(Uuid::new_v4())
+    }
+
+    pub fn parse(s: &str) -> Result<Self, ApiError> {
+        Uuid::parse_str(s)
+            .map(Self)
+            .map_err(|_| ApiError::InvalidParameter("RequestId"))
+    }
+}
+
+impl Default for RequestId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut buf = Uuid::encode_buffer();
+        f.write_str(self.0.hyphenated().encode_upper(&mut buf))
+    }
+}
+
+/// Country calling codes a deployment accepts (`MSGCONTACT_SUPPORTED_COUNTRY_CODES`).
+#[derive(Debug, Clone)]
+pub struct SupportedCountries(Vec<u16>);
+
+impl SupportedCountries {
+    pub fn new(codes: Vec<u16>) -> Self {
+        Self(codes)
+    }
+
+    pub fn parse_list(s: &str) -> Result<Self, String> {
+        let codes = s
+            .split(',')
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .map(|c| c.parse::<u16>().map_err(|_| format!("bad country code {c:?}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        if codes.is_empty() {
+            return Err("at least one country code is required".into());
+        }
+        Ok(Self(codes))
+    }
+
+    pub fn contains(&self, cc: u16) -> bool {
+        self.0.contains(&cc)
+    }
+}
+
+impl Default for SupportedCountries {
+    fn default() -> Self {
+        Self(vec![86])
+    }
+}
+
+/// A mobile number `<country code>-<national number>`, valid for its country by libphonenumber rules.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PhoneNumber {
+    country_code: u16,
+    national: String,
+}
+
+impl PhoneNumber {
+    /// Parses and validates: malformed or not a mobile number → `InvalidParameter.PhoneNumber`;
+    /// well formed but a country this deployment does not serve → `InvalidParameter.MobileCountryCode`.
+    pub fn parse(s: &str, supported: &SupportedCountries) -> Result<Self, ApiError> {
+        let invalid = ApiError::InvalidParameter("PhoneNumber");
+        let (cc, national) = s.split_once('-').ok_or(invalid.clone())?;
+        let well_formed = (1..=3).contains(&cc.len())
+            && cc.bytes().all(|b| b.is_ascii_digit())
+            && (4..=14).contains(&national.len())
+            && national.bytes().all(|b| b.is_ascii_digit());
+        if !well_formed {
+            return Err(invalid);
+        }
+        let country_code: u16 = cc.parse().map_err(|_| invalid.clone())?;
+        if !supported.contains(country_code) {
+            return Err(ApiError::MobileCountryCode);
+        }
+        let parsed = phonenumber::parse(None, format!("+{cc}{national}")).map_err(|_| invalid.clone())?;
+        let is_mobile = matches!(
+            parsed.number_type(&phonenumber::metadata::DATABASE),
+            phonenumber::Type::Mobile | phonenumber::Type::FixedLineOrMobile
+        );
+        if !phonenumber::is_valid(&parsed) || !is_mobile || parsed.code().value() != country_code {
+            return Err(invalid);
+        }
+        Ok(Self {
+            country_code,
+            national: national.to_owned(),
+        })
+    }
+
+    /// Reads a number stored by this service (already validated when it was stored).
+    pub fn from_stored(s: &str) -> Option<Self> {
+        let (cc, national) = s.split_once('-')?;
+        Some(Self {
+            country_code: cc.parse().ok()?,
+            national: national.to_owned(),
+        })
+    }
+
+    /// `86-139****1234`: enough to recognise a number, never enough to dial it.
+    pub fn masked(&self) -> String {
+        let n = &self.national;
+        let head = n.len().min(3);
+        let tail = n.len().saturating_sub(head).min(4);
+        format!(
+            "{}-{}****{}",
+            self.country_code,
+            &n[..head],
+            &n[n.len() - tail..]
+        )
+    }
+
+    /// E.164 without the plus, as SMS providers want it (`8613912341234`).
+    pub fn e164_digits(&self) -> String {
+        format!("{}{}", self.country_code, self.national)
+    }
+
+    pub fn national(&self) -> &str {
+        &self.national
+    }
+
+    pub fn country_code(&self) -> u16 {
+        self.country_code
+    }
+}
+
+impl fmt::Display for PhoneNumber {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.country_code, self.national)
+    }
+}
+
+/// Masks a stored number for logs and status answers; falls back to a fixed mask.
+pub fn mask_phone(stored: &str) -> String {
+    PhoneNumber::from_stored(stored)
+        .map(|p| p.masked())
+        .unwrap_or_else(|| "****".into())
+}
+
+/// A contact name: 2 to 12 letters (any script, CJK included).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContactName(String);
+
+impl ContactName {
+    pub fn parse(s: &str) -> Result<Self, ApiError> {
+        let n = s.chars().count();
+        if (2..=12).contains(&n) && s.chars().all(char::is_alphabetic) {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(ApiError::InvalidParameter("Name"))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// An email address, checked for shape only (the email channel is a later milestone).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmailAddress(String);
+
+impl EmailAddress {
+    pub fn parse(s: &str) -> Result<Self, ApiError> {
+        let invalid = ApiError::InvalidParameter("EmailAddress");
+        let (local, domain) = s.split_once('@').ok_or(invalid.clone())?;
+        let ok = s.len() <= 254
+            && !local.is_empty()
+            && domain.contains('.')
+            && !domain.starts_with('.')
+            && !domain.ends_with('.')
+            && !s.chars().any(|c| c.is_whitespace() || c.is_control())
+            && !domain.contains('@');
+        if ok { Ok(Self(s.to_owned())) } else { Err(invalid) }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+macro_rules! closed_set {
+    ($(#[$m:meta])* $name:ident, $param:literal, [$($v:ident),+ $(,)?]) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum $name { $($v),+ }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$v),+];
+
+            pub fn parse(s: &str) -> Result<Self, ApiError> {
+                match s {
+                    $(stringify!($v) => Ok($name::$v),)+
+                    _ => Err(ApiError::InvalidParameter($param)),
+                }
+            }
+
+            pub fn as_str(&self) -> &'static str {
+                match self { $($name::$v => stringify!($v)),+ }
+            }
+        }
+    };
+}
+
+closed_set!(
+    /// A contact's job title.
+    Title,
+    "Title",
+    [FinanceDirector, TechnicalDirector, MaintenanceDirector, CEO, ProjectDirector, Other]
+);
+
+closed_set!(
+    /// A kind of message a contact receives.
+    MessageType,
+    "MessageTypes",
+    [ServiceMessage, FaultMessage, AccountExpenses, SecurityMessage, ActivityMessage, ProductMessage]
+);
+
+/// A non-empty set of message types, kept sorted and without duplicates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageTypes(Vec<MessageType>);
+
+impl MessageTypes {
+    pub fn parse<S: AsRef<str>>(values: &[S]) -> Result<Self, ApiError> {
+        if values.is_empty() {
+            return Err(ApiError::MissingParameter("MessageTypes"));
+        }
+        let mut v = values
+            .iter()
+            .map(|s| MessageType::parse(s.as_ref()))
+            .collect::<Result<Vec<_>, _>>()?;
+        v.sort();
+        v.dedup();
+        Ok(Self(v))
+    }
+
+    /// Stored form: comma separated.
+    pub fn to_stored(&self) -> String {
+        self.0.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(",")
+    }
+
+    pub fn from_stored(s: &str) -> Vec<String> {
+        s.split(',').filter(|x| !x.is_empty()).map(str::to_owned).collect()
+    }
+}
+
+/// A member a contact is associated with: an account id or a resource directory folder id.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MemberId(String);
+
+impl MemberId {
+    pub fn parse(s: &str) -> Result<Self, ApiError> {
+        let ok = !s.is_empty()
+            && s.len() <= 64
+            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if ok {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(ApiError::InvalidParameter("Members"))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contact_id_shape() {
+        assert!(ContactId::parse("c-qL4HqKONzOM7abcd").is_ok());
+        assert!(ContactId::parse(ContactId::generate().as_str()).is_ok());
+        for bad in ["", "c-", "c-qL4HqKONzOM7****", "x-qL4HqKONzOM7abcd", "c-qL4HqKONzOM7abcde"] {
+            assert_eq!(ContactId::parse(bad), Err(ApiError::InvalidParameter("ContactId")));
+        }
+    }
+
+    #[test]
+    fn phone_numbers_are_validated_and_masked() {
+        let cn = SupportedCountries::default();
+        let p = PhoneNumber::parse("86-13912341234", &cn).unwrap();
+        assert_eq!(p.masked(), "86-139****1234");
+        assert_eq!(p.e164_digits(), "8613912341234");
+        assert_eq!(p.to_string(), "86-13912341234");
+        assert!(PhoneNumber::parse("86-18626811111", &cn).is_ok());
+        // Malformed.
+        for bad in ["", "13912341234", "86-", "86-139abc", "+86-13912341234", "86-1391234123412345"] {
+            assert_eq!(
+                PhoneNumber::parse(bad, &cn),
+                Err(ApiError::InvalidParameter("PhoneNumber")),
+                "{bad}"
+            );
+        }
+        // Well formed, but not a valid Chinese mobile number (fixed line, too short).
+        assert!(PhoneNumber::parse("86-1012345678", &cn).is_err());
+        assert!(PhoneNumber::parse("86-139123", &cn).is_err());
+        // Unsupported country.
+        assert_eq!(PhoneNumber::parse("1-2025550123", &cn), Err(ApiError::MobileCountryCode));
+        let us = SupportedCountries::parse_list("86, 1").unwrap();
+        assert!(PhoneNumber::parse("1-2015550123", &us).is_ok());
+    }
+
+    #[test]
+    fn names_titles_and_types() {
+        assert!(ContactName::parse("tom").is_ok());
+        assert!(ContactName::parse("张三").is_ok());
+        assert!(ContactName::parse("t").is_err());
+        assert!(ContactName::parse("tom1").is_err());
+        assert!(ContactName::parse("abcdefghijklm").is_err());
+        assert_eq!(Title::parse("CEO"), Ok(Title::CEO));
+        assert!(Title::parse("ceo").is_err());
+        let t = MessageTypes::parse(&["FaultMessage", "AccountExpenses", "FaultMessage"]).unwrap();
+        assert_eq!(t.to_stored(), "FaultMessage,AccountExpenses");
+        assert_eq!(
+            MessageTypes::parse(&["ResourceDirectory"]),
+            Err(ApiError::InvalidParameter("MessageTypes"))
+        );
+        assert_eq!(
+            MessageTypes::parse::<&str>(&[]),
+            Err(ApiError::MissingParameter("MessageTypes"))
+        );
+    }
+
+    #[test]
+    fn request_id_is_upper_case_uuid() {
+        let id = RequestId::new().to_string();
+        assert_eq!(id.len(), 36);
+        assert_eq!(id, id.to_uppercase());
+        assert_eq!(RequestId::parse(&id).unwrap().to_string(), id);
+    }
+}

@@ -1,0 +1,486 @@
+//! msgcontact worker: consumes send jobs and delivers verification SMS.
+//!
+//! Per delivery: decode → dedupe by RequestId → supersede check → claim (Sending) → rate limit →
+//! find or create the live verification → provider → record the outcome → ack. The ack comes only
+//! after the outcome is committed, so a crash anywhere means a redelivery, never a lost request.
+
+pub mod provider;
+
+use std::{net::SocketAddr, num::NonZeroU32, path::PathBuf, sync::Arc, time::Duration};
+
+use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
+use futures::StreamExt;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use lapin::{
+    BasicProperties, Channel,
+    message::Delivery,
+    options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions},
+    types::{AMQPValue, FieldTable, LongString},
+};
+use msgcontact::{
+    code::derive_code,
+    config::{InfraConfig, PolicyConfig},
+    domain::mask_phone,
+    entities::{contact, send_request, verification},
+    job::{self, SendJob, Topology},
+    status::{SendStatus, verification as vstatus},
+    time::now_ms,
+};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, Condition, DatabaseConnection, DbErr, EntityTrait, QueryFilter, SqlErr,
+    sea_query::{Expr, ExprTrait},
+};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::provider::{FailureClass, Provider, ProviderFailure, Sms};
+
+/// Errors of building or running the worker.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Core(#[from] msgcontact::Error),
+    #[error("broker: {0}")]
+    Amqp(#[from] lapin::Error),
+    #[error("database: {0}")]
+    Db(#[from] DbErr),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("configuration: {0}")]
+    Config(String),
+}
+
+/// Worker-only settings.
+#[derive(clap::Args, Debug, Clone)]
+pub struct WorkerOptions {
+    /// Address of the worker's /healthz, /readyz (and metrics).
+    #[arg(long, env = "MSGCONTACT_WORKER_LISTEN", default_value = "127.0.0.1:9090")]
+    pub worker_listen: String,
+    /// SMS provider: `log` (development), `webhook`.
+    #[arg(long, env = "MSGCONTACT_SMS_PROVIDER", default_value = "log")]
+    pub sms_provider: String,
+    /// Where the `log` provider appends each SMS as a JSON line.
+    #[arg(long, env = "MSGCONTACT_LOG_PROVIDER_FILE", default_value = "data/sms.jsonl")]
+    pub log_provider_file: PathBuf,
+    /// URL the `webhook` provider posts to.
+    #[arg(long, env = "MSGCONTACT_WEBHOOK_URL")]
+    pub webhook_url: Option<String>,
+    /// HMAC key of the webhook's `X-Msgcontact-Signature` header.
+    #[arg(long, env = "MSGCONTACT_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+    /// Provider requests per second from this worker process (the provider's contract divided by
+    /// the number of workers).
+    #[arg(long, env = "MSGCONTACT_PROVIDER_RATE", default_value_t = 50)]
+    pub provider_rate: u32,
+    /// Unacknowledged deliveries this worker holds at once.
+    #[arg(long, env = "MSGCONTACT_PREFETCH", default_value_t = 16)]
+    pub prefetch: u16,
+    /// Provider request timeout in milliseconds.
+    #[arg(long, env = "MSGCONTACT_PROVIDER_TIMEOUT_MS", default_value_t = 10_000)]
+    pub provider_timeout_ms: u64,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct Config {
+    #[command(flatten)]
+    pub infra: InfraConfig,
+    #[command(flatten)]
+    pub policy: PolicyConfig,
+    #[command(flatten)]
+    pub worker: WorkerOptions,
+}
+
+struct Shared {
+    db: DatabaseConnection,
+    policy: PolicyConfig,
+    code_secret: Vec<u8>,
+    provider: Provider,
+    limiter: DefaultDirectRateLimiter,
+    topology: Topology,
+    /// Confirm-mode channel for dead-lettering with a reason.
+    dead_channel: Channel,
+}
+
+pub struct Application {
+    shared: Arc<Shared>,
+    amqp: Arc<lapin::Connection>,
+    consume_channel: Channel,
+    listener: tokio::net::TcpListener,
+    prefetch: u16,
+}
+
+impl Application {
+    pub async fn build(config: Config) -> Result<Self, Error> {
+        let provider = match config.worker.sms_provider.as_str() {
+            "log" => Provider::Log {
+                file: config.worker.log_provider_file.clone(),
+                lock: Default::default(),
+            },
+            "webhook" => Provider::Webhook {
+                client: reqwest::Client::builder()
+                    .timeout(Duration::from_millis(config.worker.provider_timeout_ms))
+                    .connect_timeout(Duration::from_secs(3))
+                    .build()
+                    .map_err(|e| Error::Config(e.to_string()))?,
+                url: config
+                    .worker
+                    .webhook_url
+                    .clone()
+                    .ok_or_else(|| Error::Config("MSGCONTACT_WEBHOOK_URL is required for the webhook provider".into()))?,
+                secret: config
+                    .worker
+                    .webhook_secret
+                    .clone()
+                    .ok_or_else(|| Error::Config("MSGCONTACT_WEBHOOK_SECRET is required for the webhook provider".into()))?,
+            },
+            other => return Err(Error::Config(format!("unknown SMS provider {other:?} (log, webhook)"))),
+        };
+        let rate = NonZeroU32::new(config.worker.provider_rate)
+            .ok_or_else(|| Error::Config("MSGCONTACT_PROVIDER_RATE must be at least 1".into()))?;
+        let db = msgcontact::db::connect(&config.infra.database_url, config.infra.database_pool).await?;
+        let code_secret = msgcontact::db::code_secret(&db, config.infra.code_secret.as_deref()).await?;
+        let amqp = msgcontact::amqp::connect(&config.infra.amqp_url, "msgcontact-worker").await?;
+        let topology = Topology::new(&config.infra.queue_prefix, config.infra.queue_max_length);
+        let consume_channel = amqp.create_channel().await?;
+        topology.declare(&consume_channel).await?;
+        // A small prefetch bounds in-flight work and keeps a crashed worker's redeliveries few.
+        consume_channel
+            .basic_qos(config.worker.prefetch, BasicQosOptions::default())
+            .await?;
+        let dead_channel = amqp.create_channel().await?;
+        dead_channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        let listener = tokio::net::TcpListener::bind(&config.worker.worker_listen).await?;
+        Ok(Self {
+            shared: Arc::new(Shared {
+                db,
+                policy: config.policy,
+                code_secret,
+                provider,
+                limiter: RateLimiter::direct(Quota::per_second(rate)),
+                topology,
+                dead_channel,
+            }),
+            amqp: Arc::new(amqp),
+            consume_channel,
+            listener,
+            prefetch: config.worker.prefetch,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("bound listener has an address")
+    }
+
+    /// Consumes until `shutdown` fires, then stops consuming, lets in-flight jobs finish, and closes.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), Error> {
+        let health = HealthState { db: self.shared.db.clone(), amqp: self.amqp.clone() };
+        let app = Router::new()
+            .route("/healthz", get(|| async { "ok" }))
+            .route("/readyz", get(readyz))
+            .with_state(health);
+        let http_stop = shutdown.clone();
+        let http = tokio::spawn(
+            axum::serve(self.listener, app).with_graceful_shutdown(http_stop.cancelled_owned()).into_future(),
+        );
+
+        let mut consumer = self
+            .consume_channel
+            .basic_consume(
+                self.shared.topology.work_queue().as_str().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        tracing::info!(queue = %self.shared.topology.work_queue(), prefetch = self.prefetch, provider = self.shared.provider.name(), "worker consuming");
+        let tracker = TaskTracker::new();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                next = consumer.next() => match next {
+                    Some(Ok(delivery)) => {
+                        let shared = self.shared.clone();
+                        tracker.spawn(async move { handle_delivery(&shared, delivery).await });
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "consumer error; waiting for recovery");
+                        if self.consume_channel.wait_for_recovery(e).await.is_err() {
+                            tracing::error!("broker connection lost for good");
+                            shutdown.cancel();
+                            break;
+                        }
+                    }
+                    None => {
+                        tracing::error!("consumer stream ended");
+                        break;
+                    }
+                }
+            }
+        }
+        tracing::info!("stopping: finishing in-flight jobs");
+        let _ = self.consume_channel.basic_cancel(consumer.tag(), Default::default()).await;
+        tracker.close();
+        if tokio::time::timeout(Duration::from_secs(30), tracker.wait()).await.is_err() {
+            tracing::warn!("in-flight jobs did not finish in time; the broker will redeliver them");
+        }
+        let _ = self.amqp.close(200, "shutdown".into()).await;
+        let _ = http.await;
+        tracing::info!("worker stopped");
+        Ok(())
+    }
+}
+
+#[derive(Clone)]
+struct HealthState {
+    db: DatabaseConnection,
+    amqp: Arc<lapin::Connection>,
+}
+
+async fn readyz(State(s): State<HealthState>) -> impl IntoResponse {
+    let db_ok = s.db.ping().await.is_ok();
+    let broker_ok = s.amqp.status().connected();
+    let status = if db_ok && broker_ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, axum::Json(serde_json::json!({ "database": db_ok, "broker": broker_ok })))
+}
+
+/// What to do with a delivery once processing is over.
+enum Disposition {
+    Ack,
+    /// Give it back to the queue (a transient infrastructure failure); the delivery limit bounds this.
+    Requeue,
+    DeadLetter(String),
+}
+
+async fn handle_delivery(shared: &Shared, delivery: Delivery) {
+    let request_id = delivery.properties.message_id().as_ref().map(|m| m.to_string()).unwrap_or_default();
+    let traceparent = job::header_str(&delivery.properties, job::HEADER_TRACEPARENT).unwrap_or_default();
+    let span = tracing::info_span!("job", request_id = %request_id, traceparent = %traceparent);
+    let disposition = {
+        use tracing::Instrument;
+        async {
+            match SendJob::decode(&delivery.data) {
+                Err(reason) => Disposition::DeadLetter(reason),
+                Ok(job) => match process(shared, &job).await {
+                    Ok(d) => d,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "database error while processing; requeueing");
+                        // Do not spin against a database that is down.
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        Disposition::Requeue
+                    }
+                },
+            }
+        }
+        .instrument(span.clone())
+        .await
+    };
+    let _enter = span.enter();
+    let result = match disposition {
+        Disposition::Ack => delivery.ack(BasicAckOptions::default()).await,
+        Disposition::Requeue => delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await,
+        Disposition::DeadLetter(reason) => {
+            tracing::warn!(%reason, "dead-lettering message");
+            match dead_letter(shared, &delivery, &reason).await {
+                Ok(()) => delivery.ack(BasicAckOptions::default()).await,
+                // Could not park it with a reason: let the broker dead-letter it (x-death says why).
+                Err(_) => delivery.nack(BasicNackOptions { requeue: false, ..Default::default() }).await,
+            }
+        }
+    };
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "could not settle delivery; the broker will redeliver it");
+    }
+}
+
+async fn dead_letter(shared: &Shared, delivery: &Delivery, reason: &str) -> Result<(), lapin::Error> {
+    let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+    headers.insert(job::HEADER_DEAD_REASON.into(), AMQPValue::LongString(LongString::from(reason)));
+    let props: BasicProperties = delivery.properties.clone().with_headers(headers).with_delivery_mode(2);
+    let confirm = shared
+        .dead_channel
+        .basic_publish(
+            "".into(),
+            shared.topology.dead_letter_queue().as_str().into(),
+            BasicPublishOptions { mandatory: true, ..Default::default() },
+            &delivery.data,
+            props,
+        )
+        .await?
+        .await?;
+    if confirm.is_ack() && confirm.take_message().is_none() {
+        Ok(())
+    } else {
+        Err(lapin::Error::from(lapin::ErrorKind::InvalidChannelState(
+            lapin::ChannelState::Error,
+            "dead-letter publish refused".into(),
+        )))
+    }
+}
+
+const LIVE_STATES: [&str; 3] = ["Queued", "Sending", "Retrying"];
+
+async fn set_outcome(
+    db: &DatabaseConnection,
+    request_id: &str,
+    status: SendStatus,
+    failure: Option<(&str, &str)>,
+    provider_message_id: Option<&str>,
+    verification_id: Option<&str>,
+) -> Result<u64, DbErr> {
+    let now = now_ms();
+    let mut q = send_request::Entity::update_many()
+        .col_expr(send_request::Column::Status, Expr::value(status.as_str()))
+        .col_expr(send_request::Column::UpdatedMs, Expr::value(now))
+        .filter(send_request::Column::RequestId.eq(request_id))
+        .filter(send_request::Column::Status.is_in(LIVE_STATES));
+    if let Some((code, message)) = failure {
+        q = q
+            .col_expr(send_request::Column::FailureCode, Expr::value(code))
+            .col_expr(send_request::Column::FailureMessage, Expr::value(message));
+    }
+    if let Some(id) = provider_message_id {
+        q = q
+            .col_expr(send_request::Column::ProviderMessageId, Expr::value(id))
+            .col_expr(send_request::Column::SentMs, Expr::value(now));
+    }
+    if let Some(v) = verification_id {
+        q = q.col_expr(send_request::Column::VerificationId, Expr::value(v));
+    }
+    Ok(q.exec(db).await?.rows_affected)
+}
+
+async fn process(shared: &Shared, job: &SendJob) -> Result<Disposition, DbErr> {
+    let db = &shared.db;
+    let Some(req) = send_request::Entity::find_by_id(job.request_id.clone()).one(db).await? else {
+        return Ok(Disposition::DeadLetter(format!("unknown request {}", job.request_id)));
+    };
+    let status = SendStatus::parse(&req.status);
+    if status.is_none_or(SendStatus::is_terminal) {
+        tracing::info!(status = %req.status, "duplicate delivery of a finished request; acknowledging");
+        return Ok(Disposition::Ack);
+    }
+    // A newer accepted request for the same contact and number will deliver the same code.
+    if status != Some(SendStatus::Sending) {
+        let newer = send_request::Entity::find()
+            .filter(send_request::Column::ContactId.eq(req.contact_id.as_str()))
+            .filter(send_request::Column::Phone.eq(req.phone.as_str()))
+            .filter(send_request::Column::AcceptedMs.gt(req.accepted_ms))
+            .filter(send_request::Column::Status.is_in(["Queued", "Sending", "Retrying", "Sent"]))
+            .one(db)
+            .await?;
+        if newer.is_some() {
+            set_outcome(db, &req.request_id, SendStatus::Superseded, None, None, None).await?;
+            tracing::info!("superseded by a newer request");
+            return Ok(Disposition::Ack);
+        }
+    }
+    let claimed = send_request::Entity::update_many()
+        .col_expr(send_request::Column::Status, Expr::value(SendStatus::Sending.as_str()))
+        .col_expr(send_request::Column::Attempts, Expr::col(send_request::Column::Attempts).add(1))
+        .col_expr(send_request::Column::UpdatedMs, Expr::value(now_ms()))
+        .filter(send_request::Column::RequestId.eq(req.request_id.as_str()))
+        .filter(send_request::Column::Status.is_in(LIVE_STATES))
+        .exec(db)
+        .await?;
+    if claimed.rows_affected == 0 {
+        return Ok(Disposition::Ack);
+    }
+
+    let contact = contact::Entity::find_by_id(req.contact_id.clone()).one(db).await?;
+    let target_ok = contact.as_ref().is_some_and(|c| c.pending_phone.as_deref() == Some(req.phone.as_str()));
+    if !target_ok {
+        let (code, msg) = match contact {
+            None => ("ContactDeleted", "The contact was deleted before the SMS was sent."),
+            Some(_) => ("TargetChanged", "The number is no longer pending verification."),
+        };
+        set_outcome(db, &req.request_id, SendStatus::Failed, Some((code, msg)), None, None).await?;
+        return Ok(Disposition::Ack);
+    }
+
+    let v = live_verification(shared, &req).await?;
+    let code = derive_code(&shared.code_secret, &v.verification_id);
+    let ttl_min = shared.policy.code_ttl_secs.div_ceil(60);
+    let sms = Sms {
+        request_id: req.request_id.clone(),
+        phone_number: req.phone.clone(),
+        message: format!("Your verification code is {code}. It is valid for {ttl_min} minutes."),
+        code,
+    };
+    shared.limiter.until_ready().await;
+    let started = std::time::Instant::now();
+    let outcome = shared.provider.send(&sms).await;
+    let elapsed = started.elapsed();
+    match outcome {
+        Ok(message_id) => {
+            set_outcome(db, &req.request_id, SendStatus::Sent, None, Some(&message_id), Some(&v.verification_id)).await?;
+            tracing::info!(phone = %mask_phone(&req.phone), ?elapsed, provider = shared.provider.name(), "SMS sent");
+        }
+        Err(ProviderFailure { class, code, message, .. }) => {
+            // Retries are not part of this pipeline yet: every provider failure is final.
+            let reason = format!("{} ({}): {message}", code, class.as_str());
+            set_outcome(db, &req.request_id, SendStatus::Failed, Some((&code, &reason)), None, Some(&v.verification_id)).await?;
+            tracing::warn!(phone = %mask_phone(&req.phone), class = class.as_str(), %code, "SMS failed");
+            let _ = FailureClass::Permanent;
+        }
+    }
+    Ok(Disposition::Ack)
+}
+
+fn live_key(contact_id: &str, phone: &str) -> String {
+    format!("{contact_id}/{phone}")
+}
+
+/// The live verification of the request's contact and number, created if there is none (or the
+/// previous one expired or was locked). The unique live key makes concurrent creators agree.
+async fn live_verification(shared: &Shared, req: &send_request::Model) -> Result<verification::Model, DbErr> {
+    let db = &shared.db;
+    let key = live_key(&req.contact_id, &req.phone);
+    for _ in 0..3 {
+        let existing = verification::Entity::find()
+            .filter(verification::Column::LiveKey.eq(key.as_str()))
+            .one(db)
+            .await?;
+        let now = now_ms();
+        if let Some(v) = &existing {
+            if v.status == vstatus::PENDING && v.expires_ms > now {
+                return Ok(v.clone());
+            }
+            // Expired or locked: retire it so a fresh code can take the live slot.
+            verification::Entity::update_many()
+                .col_expr(verification::Column::LiveKey, Expr::value(Option::<String>::None))
+                .col_expr(
+                    verification::Column::Status,
+                    Expr::value(if v.status == vstatus::LOCKED { vstatus::LOCKED } else { vstatus::CLOSED }),
+                )
+                .filter(
+                    Condition::all()
+                        .add(verification::Column::VerificationId.eq(v.verification_id.as_str()))
+                        .add(verification::Column::LiveKey.eq(key.as_str())),
+                )
+                .exec(db)
+                .await?;
+        }
+        let fresh = verification::ActiveModel {
+            verification_id: Set(uuid::Uuid::new_v4().to_string()),
+            account_id: Set(req.account_id.clone()),
+            contact_id: Set(req.contact_id.clone()),
+            phone: Set(req.phone.clone()),
+            status: Set(vstatus::PENDING.into()),
+            failed_attempts: Set(0),
+            created_ms: Set(now),
+            expires_ms: Set(now + shared.policy.code_ttl().as_millis() as i64),
+            live_key: Set(Some(key.clone())),
+        };
+        match verification::Entity::insert(fresh.clone()).exec_without_returning(db).await {
+            Ok(_) => {
+                return verification::Entity::find_by_id(fresh.verification_id.unwrap())
+                    .one(db)
+                    .await?
+                    .ok_or(DbErr::RecordNotFound("verification just inserted".into()));
+            }
+            // Another worker created it first: use theirs.
+            Err(e) if matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(DbErr::Custom("could not settle the live verification".into()))
+}
