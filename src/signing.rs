@@ -149,47 +149,48 @@ pub fn signatures_equal(a: &str, b: &str) -> bool {
     a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
 }
 
-/// Headers for an outbound ACS3-signed RPC call (as the official SDKs send it): parameters in the
-/// query string, empty body. Returns the headers to set, `Authorization` included.
-pub fn sign_rpc_call(
-    host: &str,
-    action: &str,
-    version: &str,
-    query: &[(String, String)],
-    access_key_id: &str,
-    secret: &str,
-    date: &str,
-    nonce: &str,
-) -> Vec<(String, String)> {
-    let payload_hash = sha256_hex(b"");
-    let headers: Vec<(String, String)> = vec![
-        ("host".into(), host.into()),
-        ("x-acs-action".into(), action.into()),
-        ("x-acs-content-sha256".into(), payload_hash.clone()),
-        ("x-acs-date".into(), date.into()),
-        ("x-acs-signature-nonce".into(), nonce.into()),
-        ("x-acs-version".into(), version.into()),
-    ];
-    let signed_headers = headers
-        .iter()
-        .map(|(k, _)| k.as_str())
-        .collect::<Vec<_>>()
-        .join(";");
-    let signature = Acs3Request {
-        method: "POST",
-        path: "/",
-        query,
-        headers: &headers,
-        signed_headers: &signed_headers,
-        payload_hash: &payload_hash,
+/// An outbound RPC call to sign with ACS3, as the official SDKs send it.
+pub struct OutboundCall<'a> {
+    /// `host[:port]` exactly as the Host header will carry it.
+    pub host: &'a str,
+    pub action: &'a str,
+    pub version: &'a str,
+    /// Decoded query parameters (the SDKs put RPC parameters here).
+    pub query: &'a [(String, String)],
+    /// A form body, if parameters travel in the body instead.
+    pub form_body: Option<&'a [u8]>,
+}
+
+impl OutboundCall<'_> {
+    /// The headers to set, `Authorization` included.
+    pub fn sign(&self, access_key_id: &str, secret: &str, date: &str, nonce: &str) -> Vec<(String, String)> {
+        let payload_hash = sha256_hex(self.form_body.unwrap_or(b""));
+        let mut headers: Vec<(String, String)> = Vec::with_capacity(8);
+        if self.form_body.is_some() {
+            headers.push(("content-type".into(), "application/x-www-form-urlencoded".into()));
+        }
+        headers.extend([
+            ("host".into(), self.host.into()),
+            ("x-acs-action".into(), self.action.into()),
+            ("x-acs-content-sha256".into(), payload_hash.clone()),
+            ("x-acs-date".into(), date.into()),
+            ("x-acs-signature-nonce".into(), nonce.into()),
+            ("x-acs-version".into(), self.version.into()),
+        ]);
+        let signed_headers = headers.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>().join(";");
+        let signature = Acs3Request {
+            method: "POST",
+            path: "/",
+            query: self.query,
+            headers: &headers,
+            signed_headers: &signed_headers,
+            payload_hash: &payload_hash,
+        }
+        .signature(secret);
+        headers.push((
+            "authorization".into(),
+            format!("{ACS3_ALGORITHM} Credential={access_key_id},SignedHeaders={signed_headers},Signature={signature}"),
+        ));
+        headers
     }
-    .signature(secret);
-    let mut out = headers;
-    out.push((
-        "authorization".into(),
-        format!(
-            "{ACS3_ALGORITHM} Credential={access_key_id},SignedHeaders={signed_headers},Signature={signature}"
-        ),
-    ));
-    out
 }

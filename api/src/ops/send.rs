@@ -74,16 +74,19 @@ pub async fn send_phone(state: &AppState, account: &AccountId, p: &Params, reque
         return Err(ApiError::DailyLimitExceeded);
     }
     // Cooldown: claim the contact's send slot only if the last send is old enough.
-    let claimed = contact::Entity::update_many()
+    let mut claim = contact::Entity::update_many()
         .col_expr(contact::Column::LastSendMs, Expr::value(now))
         .filter(contact::Column::ContactId.eq(id.as_str()))
         .filter(contact::Column::AccountId.eq(account.as_str()))
-        .filter(contact::Column::PendingPhone.eq(phone_s.as_str()))
-        .filter(
+        .filter(contact::Column::PendingPhone.eq(phone_s.as_str()));
+    if cooldown_ms > 0 {
+        claim = claim.filter(
             Condition::any()
                 .add(contact::Column::LastSendMs.is_null())
                 .add(contact::Column::LastSendMs.lte(now - cooldown_ms)),
-        )
+        );
+    }
+    let claimed = claim
         .exec(&txn)
         .await
         .map_err(db_unavailable)?;

@@ -1,0 +1,450 @@
+//! Test harness: starts the real API (and worker) code against real RabbitMQ and a fresh database.
+//!
+//! Each app gets its own queue prefix and its own database (a SQLite file in a temp dir, or a new
+//! PostgreSQL database), so tests run in parallel without seeing each other. RabbitMQ and
+//! PostgreSQL must be running: when they are not, tests fail with a message saying so.
+
+#![allow(dead_code)]
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use axum::{Json, Router, extract::State, routing::{get, post}};
+use msgcontact::{
+    config::{InfraConfig, PolicyConfig},
+    domain::SupportedCountries,
+    signing,
+};
+use sea_orm::{ConnectionTrait, Database, DatabaseConnection};
+use serde_json::Value;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub const API_VERSION: &str = "2022-04-19";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+pub fn amqp_url() -> String {
+    std::env::var("MSGCONTACT_TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+pub fn pg_admin_url() -> String {
+    std::env::var("MSGCONTACT_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+#[derive(Clone)]
+pub struct Options {
+    pub worker: bool,
+    pub api_instances: usize,
+    pub daily_limit: u32,
+    pub cooldown_secs: u64,
+    pub code_ttl_secs: u64,
+    /// Status the fake webhook provider answers (200 = delivered).
+    pub webhook_status: u16,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            worker: true,
+            api_instances: 1,
+            daily_limit: 100,
+            cooldown_secs: 60,
+            code_ttl_secs: 600,
+            webhook_status: 200,
+        }
+    }
+}
+
+/// SMS received by the fake webhook provider.
+#[derive(Clone, Default)]
+pub struct Inbox {
+    pub messages: Arc<Mutex<Vec<Value>>>,
+    pub status: Arc<Mutex<u16>>,
+}
+
+impl Inbox {
+    pub fn all(&self) -> Vec<Value> {
+        self.messages.lock().unwrap().clone()
+    }
+
+    pub fn for_request(&self, request_id: &str) -> Vec<Value> {
+        self.all().into_iter().filter(|m| m["request_id"] == request_id).collect()
+    }
+}
+
+async fn start_inbox(status: u16) -> (Inbox, SocketAddr, JoinHandle<()>) {
+    let inbox = Inbox { messages: Default::default(), status: Arc::new(Mutex::new(status)) };
+    async fn receive(State(inbox): State<Inbox>, Json(body): Json<Value>) -> axum::http::StatusCode {
+        let status = *inbox.status.lock().unwrap();
+        if status == 200 {
+            inbox.messages.lock().unwrap().push(body);
+        }
+        axum::http::StatusCode::from_u16(status).unwrap()
+    }
+    async fn list(State(inbox): State<Inbox>) -> Json<Value> {
+        Json(Value::Array(inbox.all()))
+    }
+    let app = Router::new().route("/sms", post(receive)).route("/received", get(list)).with_state(inbox.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let handle = tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    (inbox, addr, handle)
+}
+
+pub struct Response {
+    pub status: u16,
+    pub body: Value,
+    pub headers: reqwest::header::HeaderMap,
+}
+
+impl Response {
+    pub fn code(&self) -> &str {
+        self.body["Code"].as_str().unwrap_or("")
+    }
+
+    #[track_caller]
+    pub fn assert_ok(&self) -> &Value {
+        assert_eq!(self.status, 200, "expected success, got {}", self.body);
+        assert!(self.body["RequestId"].as_str().is_some_and(|r| r.len() == 36), "{}", self.body);
+        &self.body
+    }
+
+    #[track_caller]
+    pub fn assert_error(&self, status: u16, code: &str) {
+        assert_eq!((self.status, self.code()), (status, code), "body: {}", self.body);
+        for k in ["RequestId", "HostId", "Code", "Message", "Recommend"] {
+            assert!(self.body.get(k).is_some(), "error body lacks {k}: {}", self.body);
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Key {
+    pub id: String,
+    pub secret: String,
+    pub account: String,
+}
+
+pub struct TestApp {
+    pub backend: Backend,
+    pub api_addrs: Vec<SocketAddr>,
+    pub db_url: String,
+    pub db: DatabaseConnection,
+    pub prefix: String,
+    pub key: Key,
+    pub inbox: Inbox,
+    pub inbox_addr: SocketAddr,
+    pub options: Options,
+    pub webhook_secret: String,
+    shutdown: CancellationToken,
+    worker_shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+    worker_task: Option<JoinHandle<()>>,
+    pg_database: Option<String>,
+    _dir: Option<TempDir>,
+    http: reqwest::Client,
+}
+
+/// A temporary directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}{}", uuid::Uuid::new_v4().simple().to_string().get(..12).unwrap())
+}
+
+pub fn infra(db_url: &str, prefix: &str) -> InfraConfig {
+    InfraConfig {
+        database_url: db_url.to_owned(),
+        amqp_url: amqp_url(),
+        queue_prefix: prefix.to_owned(),
+        queue_max_length: 100_000,
+        database_pool: 8,
+        code_secret: None,
+        log_format: "pretty".into(),
+    }
+}
+
+impl TestApp {
+    pub async fn spawn(backend: Backend) -> Self {
+        Self::spawn_with(backend, Options::default()).await
+    }
+
+    pub async fn spawn_with(backend: Backend, options: Options) -> Self {
+        // Quiet unless asked for with RUST_LOG.
+        if std::env::var_os("RUST_LOG").is_some() {
+            msgcontact::telemetry::init("pretty");
+        }
+        let prefix = unique("test-");
+        let (db_url, pg_database, dir) = match backend {
+            Backend::Sqlite => {
+                let dir = std::env::temp_dir().join(unique("msgcontact-test-"));
+                std::fs::create_dir_all(&dir).unwrap();
+                (format!("sqlite://{}/db.sqlite?mode=rwc", dir.display()), None, Some(TempDir(dir)))
+            }
+            Backend::Postgres => {
+                let name = unique("msgcontact_test_");
+                let admin = Database::connect(pg_admin_url()).await.unwrap_or_else(|e| {
+                    panic!("PostgreSQL is required for this test and is not reachable at {}: {e}", pg_admin_url())
+                });
+                admin
+                    .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
+                    .await
+                    .expect("create test database");
+                let base = pg_admin_url();
+                let root = base.rsplit_once('/').unwrap().0.to_owned();
+                (format!("{root}/{name}"), Some(name), None)
+            }
+        };
+        let (inbox, inbox_addr, inbox_task) = start_inbox(options.webhook_status).await;
+        let policy = PolicyConfig {
+            supported_country_codes: SupportedCountries::new(vec![86]),
+            daily_limit: options.daily_limit,
+            resend_cooldown_secs: options.cooldown_secs,
+            code_ttl_secs: options.code_ttl_secs,
+            code_max_attempts: 5,
+        };
+        let shutdown = CancellationToken::new();
+        let mut tasks = vec![inbox_task];
+        let mut api_addrs = Vec::new();
+        let mut first_state = None;
+        for _ in 0..options.api_instances {
+            let app = msgcontact_api::Application::build(msgcontact_api::Config {
+                infra: infra(&db_url, &prefix),
+                policy: policy.clone(),
+                api: msgcontact_api::ApiOptions {
+                    api_listen: "127.0.0.1:0".into(),
+                    max_body_bytes: 64 * 1024,
+                    publish_confirm_timeout_ms: 5000,
+                    publish_channels: 2,
+                },
+            })
+            .await
+            .unwrap_or_else(|e| panic!("API failed to start (are RabbitMQ at {} and the database up?): {e}", amqp_url()));
+            api_addrs.push(app.local_addr());
+            first_state.get_or_insert_with(|| app.state());
+            let stop = shutdown.clone();
+            tasks.push(tokio::spawn(async move {
+                app.run_until_stopped(stop).await.unwrap();
+            }));
+        }
+        let db = first_state.unwrap().db.clone();
+        let created = msgcontact_api::cli::create_key(&db, "1234567890123456", None, None).await.unwrap();
+        let key = Key {
+            id: created["AccessKeyId"].as_str().unwrap().into(),
+            secret: created["AccessKeySecret"].as_str().unwrap().into(),
+            account: "1234567890123456".into(),
+        };
+        let mut app = Self {
+            backend,
+            api_addrs,
+            db_url,
+            db,
+            prefix,
+            key,
+            inbox,
+            inbox_addr,
+            options: options.clone(),
+            webhook_secret: "whsec-test".into(),
+            shutdown,
+            worker_shutdown: CancellationToken::new(),
+            tasks,
+            worker_task: None,
+            pg_database,
+            _dir: dir,
+            http: reqwest::Client::new(),
+        };
+        if options.worker {
+            app.start_worker().await;
+        }
+        app
+    }
+
+    pub fn policy(&self) -> PolicyConfig {
+        PolicyConfig {
+            supported_country_codes: SupportedCountries::new(vec![86]),
+            daily_limit: self.options.daily_limit,
+            resend_cooldown_secs: self.options.cooldown_secs,
+            code_ttl_secs: self.options.code_ttl_secs,
+            code_max_attempts: 5,
+        }
+    }
+
+    pub async fn start_worker(&mut self) {
+        assert!(self.worker_task.is_none(), "worker already running");
+        self.worker_shutdown = CancellationToken::new();
+        let worker = msgcontact_worker::Application::build(msgcontact_worker::Config {
+            infra: infra(&self.db_url, &self.prefix),
+            policy: self.policy(),
+            worker: msgcontact_worker::WorkerOptions {
+                worker_listen: "127.0.0.1:0".into(),
+                sms_provider: "webhook".into(),
+                log_provider_file: "unused".into(),
+                webhook_url: Some(format!("http://{}/sms", self.inbox_addr)),
+                webhook_secret: Some(self.webhook_secret.clone()),
+                provider_rate: 1000,
+                prefetch: 16,
+                provider_timeout_ms: 5000,
+            },
+        })
+        .await
+        .expect("worker failed to start");
+        let stop = self.worker_shutdown.clone();
+        self.worker_task = Some(tokio::spawn(async move {
+            worker.run_until_stopped(stop).await.unwrap();
+        }));
+    }
+
+    pub async fn stop_worker(&mut self) {
+        self.worker_shutdown.cancel();
+        if let Some(t) = self.worker_task.take() {
+            t.await.unwrap();
+        }
+    }
+
+    pub fn work_queue(&self) -> String {
+        format!("{}.send", self.prefix)
+    }
+
+    pub async fn new_key(&self, account: &str) -> Key {
+        let created = msgcontact_api::cli::create_key(&self.db, account, None, None).await.unwrap();
+        Key {
+            id: created["AccessKeyId"].as_str().unwrap().into(),
+            secret: created["AccessKeySecret"].as_str().unwrap().into(),
+            account: account.into(),
+        }
+    }
+
+    pub async fn call(&self, action: &str, params: &[(&str, &str)]) -> Response {
+        self.call_with(&self.key, 0, action, params).await
+    }
+
+    /// An ACS3-signed call, parameters in the query string, as the official SDKs send it.
+    pub async fn call_with(&self, key: &Key, instance: usize, action: &str, params: &[(&str, &str)]) -> Response {
+        let query: Vec<(String, String)> = params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let headers = self.sign(instance, key, action, &query, None, &now_stamp(), &nonce());
+        self.send_raw(instance, "POST", &format!("/?{}", signing::canonical_query(&query)), &headers, Vec::new())
+            .await
+    }
+
+    /// ACS3 headers for a call; parameters in the query, or in a form body.
+    pub fn sign(&self, instance: usize, key: &Key, action: &str, query: &[(String, String)], form_body: Option<&[u8]>, date: &str, nonce: &str) -> Vec<(String, String)> {
+        signing::OutboundCall {
+            host: &self.api_addrs[instance].to_string(),
+            action,
+            version: API_VERSION,
+            query,
+            form_body,
+        }
+        .sign(&key.id, &key.secret, date, nonce)
+    }
+
+    /// A v1 (HMAC-SHA1) signed call, as older SDKs and the CLI send it.
+    pub async fn call_v1(&self, key: &Key, action: &str, params: &[(&str, &str)], timestamp: &str, nonce: &str) -> Response {
+        let mut all: Vec<(String, String)> = params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        for (k, v) in [
+            ("Action", action),
+            ("Version", API_VERSION),
+            ("Format", "JSON"),
+            ("AccessKeyId", key.id.as_str()),
+            ("SignatureMethod", "HMAC-SHA1"),
+            ("SignatureVersion", "1.0"),
+            ("SignatureNonce", nonce),
+            ("Timestamp", timestamp),
+        ] {
+            all.push((k.into(), v.into()));
+        }
+        let sig = signing::v1_signature(&key.secret, &signing::v1_string_to_sign("POST", &all));
+        all.push(("Signature".into(), sig));
+        self.send_raw(0, "POST", &format!("/?{}", signing::canonical_query(&all)), &[], Vec::new()).await
+    }
+
+    pub async fn send_raw(&self, instance: usize, method: &str, path_and_query: &str, headers: &[(String, String)], body: Vec<u8>) -> Response {
+        let url = format!("http://{}{}", self.api_addrs[instance], path_and_query);
+        let mut req = self.http.request(method.parse().unwrap(), url).body(body);
+        for (k, v) in headers {
+            if k != "host" {
+                req = req.header(k, v);
+            }
+        }
+        let resp = tokio::time::timeout(Duration::from_secs(30), req.send())
+            .await
+            .expect("API answered within 30 s")
+            .expect("HTTP request");
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let text = resp.text().await.unwrap();
+        let body: Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("non-JSON answer ({status}): {text}"));
+        Response { status, body, headers }
+    }
+
+    pub async fn add_contact(&self, name: &str, phone: Option<&str>) -> String {
+        let mut p = vec![("Name", name), ("EmailAddress", "ops@example.com"), ("Title", "CEO"), ("MessageTypes.1", "ServiceMessage")];
+        if let Some(ph) = phone {
+            p.push(("PhoneNumber", ph));
+        }
+        let r = self.call("AddMessageContact", &p).await;
+        r.assert_ok()["Contact"]["ContactId"].as_str().unwrap().to_owned()
+    }
+
+    /// Waits until the send request reaches `status` (or panics after `secs`).
+    pub async fn wait_status(&self, request_id: &str, status: &str, secs: u64) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            let r = self.call("GetVerificationRequest", &[("RequestId", request_id)]).await;
+            let body = r.assert_ok().clone();
+            if body["Request"]["Status"] == status {
+                return body["Request"].clone();
+            }
+            assert!(tokio::time::Instant::now() < deadline, "request {request_id} stuck at {}", body["Request"]);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Stops everything and removes the test's queues and database.
+    pub async fn cleanup(mut self) {
+        self.stop_worker().await;
+        self.shutdown.cancel();
+        for t in self.tasks.drain(..).skip(1) {
+            let _ = t.await;
+        }
+        if let Ok(conn) = msgcontact::amqp::connect(&amqp_url(), "test-cleanup").await
+            && let Ok(ch) = conn.create_channel().await
+        {
+            for q in [format!("{}.send", self.prefix), format!("{}.send.dead", self.prefix)] {
+                let _ = ch.queue_delete(q.as_str().into(), Default::default()).await;
+            }
+            let _ = conn.close(200, "bye".into()).await;
+        }
+        if let Some(name) = self.pg_database.take() {
+            self.db.clone().close().await.ok();
+            if let Ok(admin) = Database::connect(pg_admin_url()).await {
+                let _ = admin.execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).await;
+            }
+        }
+    }
+}
+
+pub fn now_stamp() -> String {
+    chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+pub fn nonce() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
