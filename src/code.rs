@@ -37,8 +37,9 @@ mod tests {
         assert!(code_matches(b"k1", "v-1", &c));
         assert!(!code_matches(b"k1", "v-1", "12345"));
         // Different ids or secrets give different codes (over a sample, not necessarily each pair).
-        let distinct: std::collections::HashSet<_> =
-            (0..50).map(|i| derive_code(b"k1", &format!("v-{i}"))).collect();
+        let distinct: std::collections::HashSet<_> = (0..50)
+            .map(|i| derive_code(b"k1", &format!("v-{i}")))
+            .collect();
         assert!(distinct.len() > 45);
         assert_ne!(derive_code(b"k2", "v-1"), c);
     }

@@ -8,10 +8,18 @@ use crate::domain::SupportedCountries;
 #[derive(clap::Args, Debug, Clone)]
 pub struct InfraConfig {
     /// Database URL: a SQLite file (WAL) by default, `postgres://…` in production.
-    #[arg(long, env = "MSGCONTACT_DATABASE_URL", default_value = "sqlite://data/msgcontact.db?mode=rwc")]
+    #[arg(
+        long,
+        env = "MSGCONTACT_DATABASE_URL",
+        default_value = "sqlite://data/msgcontact.db?mode=rwc"
+    )]
     pub database_url: String,
     /// RabbitMQ URL.
-    #[arg(long, env = "MSGCONTACT_AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    #[arg(
+        long,
+        env = "MSGCONTACT_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
     pub amqp_url: String,
     /// Prefix of every queue name (one per deployment, or per test).
     #[arg(long, env = "MSGCONTACT_QUEUE_PREFIX", default_value = "msgcontact")]

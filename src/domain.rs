@@ -110,7 +110,10 @@ impl SupportedCountries {
             .split(',')
             .map(str::trim)
             .filter(|c| !c.is_empty())
-            .map(|c| c.parse::<u16>().map_err(|_| format!("bad country code {c:?}")))
+            .map(|c| {
+                c.parse::<u16>()
+                    .map_err(|_| format!("bad country code {c:?}"))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         if codes.is_empty() {
             return Err("at least one country code is required".into());
@@ -153,7 +156,8 @@ impl PhoneNumber {
         if !supported.contains(country_code) {
             return Err(ApiError::MobileCountryCode);
         }
-        let parsed = phonenumber::parse(None, format!("+{cc}{national}")).map_err(|_| invalid.clone())?;
+        let parsed =
+            phonenumber::parse(None, format!("+{cc}{national}")).map_err(|_| invalid.clone())?;
         let is_mobile = matches!(
             parsed.number_type(&phonenumber::metadata::DATABASE),
             phonenumber::Type::Mobile | phonenumber::Type::FixedLineOrMobile
@@ -250,7 +254,11 @@ impl EmailAddress {
             && !domain.ends_with('.')
             && !s.chars().any(|c| c.is_whitespace() || c.is_control())
             && !domain.contains('@');
-        if ok { Ok(Self(s.to_owned())) } else { Err(invalid) }
+        if ok {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(invalid)
+        }
     }
 
     pub fn as_str(&self) -> &str {
@@ -315,11 +323,18 @@ impl MessageTypes {
 
     /// Stored form: comma separated.
     pub fn to_stored(&self) -> String {
-        self.0.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(",")
+        self.0
+            .iter()
+            .map(|t| t.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     pub fn from_stored(s: &str) -> Vec<String> {
-        s.split(',').filter(|x| !x.is_empty()).map(str::to_owned).collect()
+        s.split(',')
+            .filter(|x| !x.is_empty())
+            .map(str::to_owned)
+            .collect()
     }
 }
 
@@ -331,7 +346,8 @@ impl MemberId {
     pub fn parse(s: &str) -> Result<Self, ApiError> {
         let ok = !s.is_empty()
             && s.len() <= 64
-            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
         if ok {
             Ok(Self(s.to_owned()))
         } else {
@@ -352,8 +368,17 @@ mod tests {
     fn contact_id_shape() {
         assert!(ContactId::parse("c-qL4HqKONzOM7abcd").is_ok());
         assert!(ContactId::parse(ContactId::generate().as_str()).is_ok());
-        for bad in ["", "c-", "c-qL4HqKONzOM7****", "x-qL4HqKONzOM7abcd", "c-qL4HqKONzOM7abcde"] {
-            assert_eq!(ContactId::parse(bad), Err(ApiError::InvalidParameter("ContactId")));
+        for bad in [
+            "",
+            "c-",
+            "c-qL4HqKONzOM7****",
+            "x-qL4HqKONzOM7abcd",
+            "c-qL4HqKONzOM7abcde",
+        ] {
+            assert_eq!(
+                ContactId::parse(bad),
+                Err(ApiError::InvalidParameter("ContactId"))
+            );
         }
     }
 
@@ -366,7 +391,14 @@ mod tests {
         assert_eq!(p.to_string(), "86-13912341234");
         assert!(PhoneNumber::parse("86-18626811111", &cn).is_ok());
         // Malformed.
-        for bad in ["", "13912341234", "86-", "86-139abc", "+86-13912341234", "86-1391234123412345"] {
+        for bad in [
+            "",
+            "13912341234",
+            "86-",
+            "86-139abc",
+            "+86-13912341234",
+            "86-1391234123412345",
+        ] {
             assert_eq!(
                 PhoneNumber::parse(bad, &cn),
                 Err(ApiError::InvalidParameter("PhoneNumber")),
@@ -377,7 +409,10 @@ mod tests {
         assert!(PhoneNumber::parse("86-1012345678", &cn).is_err());
         assert!(PhoneNumber::parse("86-139123", &cn).is_err());
         // Unsupported country.
-        assert_eq!(PhoneNumber::parse("1-2025550123", &cn), Err(ApiError::MobileCountryCode));
+        assert_eq!(
+            PhoneNumber::parse("1-2025550123", &cn),
+            Err(ApiError::MobileCountryCode)
+        );
         let us = SupportedCountries::parse_list("86, 1").unwrap();
         assert!(PhoneNumber::parse("1-2015550123", &us).is_ok());
     }

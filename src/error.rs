@@ -34,9 +34,7 @@ pub enum ApiError {
     #[error("This verification request does not exist.")]
     RequestNotFound,
     /// 409 `SendValidateCodeExceedsLimitForAccount`
-    #[error(
-        "For the same account, the number of verification codes sent exceeds the limit."
-    )]
+    #[error("For the same account, the number of verification codes sent exceeds the limit.")]
     DailyLimitExceeded,
     /// 429 `Throttling.Contact` (with retry-after)
     #[error("A verification code was sent to this contact recently. Retry later.")]
@@ -178,16 +176,36 @@ mod tests {
 
     /// The seed document's table, verbatim: status, code, message.
     const SEED: &[(u16, &str, &str)] = &[
-        (400, "MissingParameter.ContactId", "You must specify ContactId."),
-        (400, "InvalidParameter.ContactId", "The ContactId is invalid."),
-        (400, "MissingParameter.PhoneNumber", "You must specify PhoneNumber."),
-        (400, "InvalidParameter.PhoneNumber", "The PhoneNumber is invalid."),
+        (
+            400,
+            "MissingParameter.ContactId",
+            "You must specify ContactId.",
+        ),
+        (
+            400,
+            "InvalidParameter.ContactId",
+            "The ContactId is invalid.",
+        ),
+        (
+            400,
+            "MissingParameter.PhoneNumber",
+            "You must specify PhoneNumber.",
+        ),
+        (
+            400,
+            "InvalidParameter.PhoneNumber",
+            "The PhoneNumber is invalid.",
+        ),
         (
             400,
             "InvalidParameter.MobileCountryCode",
             "The current site does not support the country code.",
         ),
-        (404, "EntityNotExists.Contact", "This Contact does not exist."),
+        (
+            404,
+            "EntityNotExists.Contact",
+            "This Contact does not exist.",
+        ),
         (
             404,
             "EntityNotExists.Contact.Verification",
@@ -221,9 +239,13 @@ mod tests {
 
     #[test]
     fn throttling_answers_carry_retry_after() {
-        let e = ApiError::ContactThrottled { retry_after_ms: 1500 };
+        let e = ApiError::ContactThrottled {
+            retry_after_ms: 1500,
+        };
         assert_eq!((e.status(), e.retry_after_ms()), (429, Some(1500)));
-        let e = ApiError::ServiceUnavailable { retry_after_ms: 1000 };
+        let e = ApiError::ServiceUnavailable {
+            retry_after_ms: 1000,
+        };
         assert_eq!((e.status(), e.retry_after_ms()), (503, Some(1000)));
         assert_eq!(ApiError::ContactNotFound.retry_after_ms(), None);
     }

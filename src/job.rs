@@ -130,7 +130,10 @@ impl Topology {
     pub fn work_queue_args(&self) -> FieldTable {
         let mut args = FieldTable::default();
         // Quorum: replicated, durable, and the only type with a delivery limit (poison backstop).
-        args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
         // A message redelivered this many times (crash loops) is dead-lettered instead of looping.
         args.insert(
             "x-delivery-limit".into(),
@@ -161,7 +164,10 @@ impl Topology {
     fn dead_letter_args(&self) -> FieldTable {
         let mut args = FieldTable::default();
         // Quorum so dead letters survive a node loss like the jobs they came from.
-        args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
         args
     }
 

@@ -86,7 +86,10 @@ impl Acs3Request<'_> {
     }
 
     pub fn signature(&self, secret: &str) -> String {
-        hex::encode(hmac_sha256(secret.as_bytes(), self.string_to_sign().as_bytes()))
+        hex::encode(hmac_sha256(
+            secret.as_bytes(),
+            self.string_to_sign().as_bytes(),
+        ))
     }
 }
 
@@ -163,11 +166,20 @@ pub struct OutboundCall<'a> {
 
 impl OutboundCall<'_> {
     /// The headers to set, `Authorization` included.
-    pub fn sign(&self, access_key_id: &str, secret: &str, date: &str, nonce: &str) -> Vec<(String, String)> {
+    pub fn sign(
+        &self,
+        access_key_id: &str,
+        secret: &str,
+        date: &str,
+        nonce: &str,
+    ) -> Vec<(String, String)> {
         let payload_hash = sha256_hex(self.form_body.unwrap_or(b""));
         let mut headers: Vec<(String, String)> = Vec::with_capacity(8);
         if self.form_body.is_some() {
-            headers.push(("content-type".into(), "application/x-www-form-urlencoded".into()));
+            headers.push((
+                "content-type".into(),
+                "application/x-www-form-urlencoded".into(),
+            ));
         }
         headers.extend([
             ("host".into(), self.host.into()),
@@ -177,7 +189,11 @@ impl OutboundCall<'_> {
             ("x-acs-signature-nonce".into(), nonce.into()),
             ("x-acs-version".into(), self.version.into()),
         ]);
-        let signed_headers = headers.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>().join(";");
+        let signed_headers = headers
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .collect::<Vec<_>>()
+            .join(";");
         let signature = Acs3Request {
             method: "POST",
             path: "/",

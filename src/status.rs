@@ -36,7 +36,10 @@ impl SendStatus {
     }
 
     pub fn is_terminal(self) -> bool {
-        matches!(self, SendStatus::Sent | SendStatus::Failed | SendStatus::Superseded)
+        matches!(
+            self,
+            SendStatus::Sent | SendStatus::Failed | SendStatus::Superseded
+        )
     }
 }
 

@@ -17,7 +17,10 @@ struct Captured {
 
 fn decode(s: &str) -> String {
     let plus = s.replace('+', " ");
-    percent_encoding::percent_decode_str(&plus).decode_utf8().unwrap().into_owned()
+    percent_encoding::percent_decode_str(&plus)
+        .decode_utf8()
+        .unwrap()
+        .into_owned()
 }
 
 fn parse_query(q: &str) -> Vec<(String, String)> {
@@ -50,7 +53,9 @@ fn captured() -> Vec<Captured> {
         }
         let rest: Vec<&str> = lines.collect();
         let body = if let Some(l) = rest.iter().find(|l| l.starts_with("[de-chunked body: ")) {
-            l.trim_start_matches("[de-chunked body: ").trim_end_matches(']').to_owned()
+            l.trim_start_matches("[de-chunked body: ")
+                .trim_end_matches(']')
+                .to_owned()
         } else {
             rest.first().map(|s| s.to_string()).unwrap_or_default()
         };
@@ -67,7 +72,10 @@ fn captured() -> Vec<Captured> {
 }
 
 fn header<'a>(c: &'a Captured, name: &str) -> Option<&'a str> {
-    c.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    c.headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
 }
 
 fn verify_acs3(c: &Captured, body: &str, query: &[(String, String)]) -> bool {
@@ -94,8 +102,17 @@ fn verify_acs3(c: &Captured, body: &str, query: &[(String, String)]) -> bool {
 }
 
 fn verify_v1(c: &Captured, query: &[(String, String)]) -> bool {
-    let sent = query.iter().find(|(k, _)| k == "Signature").unwrap().1.clone();
-    let params: Vec<(String, String)> = query.iter().filter(|(k, _)| k != "Signature").cloned().collect();
+    let sent = query
+        .iter()
+        .find(|(k, _)| k == "Signature")
+        .unwrap()
+        .1
+        .clone();
+    let params: Vec<(String, String)> = query
+        .iter()
+        .filter(|(k, _)| k != "Signature")
+        .cloned()
+        .collect();
     let sts = signing::v1_string_to_sign(&c.method, &params);
     signing::signatures_equal(&signing::v1_signature(SECRET, &sts), &sent)
 }
@@ -103,11 +120,19 @@ fn verify_v1(c: &Captured, query: &[(String, String)]) -> bool {
 #[test]
 fn every_captured_request_verifies() {
     let all = captured();
-    assert!(all.len() >= 20, "expected the whole capture, got {}", all.len());
+    assert!(
+        all.len() >= 20,
+        "expected the whole capture, got {}",
+        all.len()
+    );
     let (mut acs3, mut v1) = (0, 0);
     for c in &all {
         if c.title.contains("scheme=ACS3") {
-            assert!(verify_acs3(c, &c.body, &c.query), "ACS3 vector failed: {}", c.title);
+            assert!(
+                verify_acs3(c, &c.body, &c.query),
+                "ACS3 vector failed: {}",
+                c.title
+            );
             acs3 += 1;
         } else {
             assert!(verify_v1(c, &c.query), "v1 vector failed: {}", c.title);
@@ -125,18 +150,33 @@ fn any_changed_byte_fails() {
             if let Some(((k, v), rest)) = c.query.split_first() {
                 let mut q = vec![(k.clone(), format!("{v}x"))];
                 q.extend(rest.iter().cloned());
-                assert!(!verify_acs3(&c, &c.body, &q), "tampered query verified: {}", c.title);
+                assert!(
+                    !verify_acs3(&c, &c.body, &q),
+                    "tampered query verified: {}",
+                    c.title
+                );
             }
             // A changed body.
-            assert!(!verify_acs3(&c, &format!("{}&x=1", c.body), &c.query), "{}", c.title);
+            assert!(
+                !verify_acs3(&c, &format!("{}&x=1", c.body), &c.query),
+                "{}",
+                c.title
+            );
             // A changed signed header.
-            let mut t = Captured { headers: c.headers.clone(), ..clone_of(&c) };
+            let mut t = Captured {
+                headers: c.headers.clone(),
+                ..clone_of(&c)
+            };
             for (k, v) in t.headers.iter_mut() {
                 if k == "x-acs-signature-nonce" {
                     v.push('0');
                 }
             }
-            assert!(!verify_acs3(&t, &t.body, &t.query), "tampered nonce verified: {}", c.title);
+            assert!(
+                !verify_acs3(&t, &t.body, &t.query),
+                "tampered nonce verified: {}",
+                c.title
+            );
             // A flipped signature character.
             let mut t = clone_of(&c);
             for (k, v) in t.headers.iter_mut() {
@@ -145,7 +185,11 @@ fn any_changed_byte_fails() {
                     v.push(if last == '0' { '1' } else { '0' });
                 }
             }
-            assert!(!verify_acs3(&t, &t.body, &t.query), "flipped signature verified: {}", c.title);
+            assert!(
+                !verify_acs3(&t, &t.body, &t.query),
+                "flipped signature verified: {}",
+                c.title
+            );
         } else {
             for i in 0..c.query.len() {
                 if c.query[i].0 == "Signature" {

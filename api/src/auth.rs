@@ -32,7 +32,10 @@ pub struct SignedRequest<'a> {
 }
 
 /// Authenticates a request and returns the account its key belongs to.
-pub async fn authenticate(db: &DatabaseConnection, req: &SignedRequest<'_>) -> Result<AccountId, ApiError> {
+pub async fn authenticate(
+    db: &DatabaseConnection,
+    req: &SignedRequest<'_>,
+) -> Result<AccountId, ApiError> {
     let authz = req
         .headers
         .get("authorization")
@@ -40,7 +43,10 @@ pub async fn authenticate(db: &DatabaseConnection, req: &SignedRequest<'_>) -> R
         .unwrap_or("");
     if authz.starts_with(signing::ACS3_ALGORITHM) {
         acs3(db, req, authz).await
-    } else if authz.is_empty() && (req.all_params.get("Signature").is_some() || req.all_params.get("AccessKeyId").is_some()) {
+    } else if authz.is_empty()
+        && (req.all_params.get("Signature").is_some()
+            || req.all_params.get("AccessKeyId").is_some())
+    {
         v1(db, req).await
     } else if authz.is_empty() {
         Err(ApiError::IncompleteSignature("The request is not signed."))
@@ -50,27 +56,43 @@ pub async fn authenticate(db: &DatabaseConnection, req: &SignedRequest<'_>) -> R
 }
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers.get(name).and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty())
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
 }
 
-async fn acs3(db: &DatabaseConnection, req: &SignedRequest<'_>, authz: &str) -> Result<AccountId, ApiError> {
-    let auth = Acs3Authorization::parse(authz)
-        .ok_or(ApiError::IncompleteSignature("The Authorization header is malformed."))?;
+async fn acs3(
+    db: &DatabaseConnection,
+    req: &SignedRequest<'_>,
+    authz: &str,
+) -> Result<AccountId, ApiError> {
+    let auth = Acs3Authorization::parse(authz).ok_or(ApiError::IncompleteSignature(
+        "The Authorization header is malformed.",
+    ))?;
     let date = header(req.headers, "x-acs-date")
         .ok_or(ApiError::IncompleteSignature("x-acs-date is missing."))?;
-    let nonce = header(req.headers, "x-acs-signature-nonce")
-        .ok_or(ApiError::IncompleteSignature("x-acs-signature-nonce is missing."))?;
-    let content_sha = header(req.headers, "x-acs-content-sha256")
-        .ok_or(ApiError::IncompleteSignature("x-acs-content-sha256 is missing."))?;
+    let nonce = header(req.headers, "x-acs-signature-nonce").ok_or(
+        ApiError::IncompleteSignature("x-acs-signature-nonce is missing."),
+    )?;
+    let content_sha = header(req.headers, "x-acs-content-sha256").ok_or(
+        ApiError::IncompleteSignature("x-acs-content-sha256 is missing."),
+    )?;
     let signed: Vec<&str> = auth.signed_headers.split(';').collect();
     // Without these in the signature, a captured request could be replayed with a fresh nonce or
     // date, or redirected to another action.
-    let mut must_sign = vec!["x-acs-date", "x-acs-signature-nonce", "x-acs-content-sha256"];
+    let mut must_sign = vec![
+        "x-acs-date",
+        "x-acs-signature-nonce",
+        "x-acs-content-sha256",
+    ];
     if req.action_from_header {
         must_sign.push("x-acs-action");
     }
     if must_sign.iter().any(|h| !signed.contains(h)) {
-        return Err(ApiError::IncompleteSignature("SignedHeaders must include the x-acs-* headers."));
+        return Err(ApiError::IncompleteSignature(
+            "SignedHeaders must include the x-acs-* headers.",
+        ));
     }
     let mut headers = Vec::with_capacity(signed.len());
     for name in &signed {
@@ -91,7 +113,10 @@ async fn acs3(db: &DatabaseConnection, req: &SignedRequest<'_>, authz: &str) -> 
 
     let key = lookup_key(db, &auth.access_key_id).await?;
     check_timestamp(parse_time(date)?)?;
-    if !signing::signatures_equal(&signing::sha256_hex(req.body), &content_sha.to_ascii_lowercase()) {
+    if !signing::signatures_equal(
+        &signing::sha256_hex(req.body),
+        &content_sha.to_ascii_lowercase(),
+    ) {
         return Err(ApiError::SignatureDoesNotMatch);
     }
     let expected = Acs3Request {
@@ -113,9 +138,13 @@ async fn acs3(db: &DatabaseConnection, req: &SignedRequest<'_>, authz: &str) -> 
 async fn v1(db: &DatabaseConnection, req: &SignedRequest<'_>) -> Result<AccountId, ApiError> {
     let p = req.all_params;
     let missing = |what| ApiError::IncompleteSignature(what);
-    let ak = p.get("AccessKeyId").ok_or(missing("AccessKeyId is missing."))?;
+    let ak = p
+        .get("AccessKeyId")
+        .ok_or(missing("AccessKeyId is missing."))?;
     let signature = p.get("Signature").ok_or(missing("Signature is missing."))?;
-    let nonce = p.get("SignatureNonce").ok_or(missing("SignatureNonce is missing."))?;
+    let nonce = p
+        .get("SignatureNonce")
+        .ok_or(missing("SignatureNonce is missing."))?;
     let timestamp = p.get("Timestamp").ok_or(missing("Timestamp is missing."))?;
     match p.get("SignatureMethod") {
         Some("HMAC-SHA1") => {}
@@ -133,7 +162,10 @@ async fn v1(db: &DatabaseConnection, req: &SignedRequest<'_>) -> Result<AccountI
         .filter(|(k, _)| k != "Signature")
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
-    let expected = signing::v1_signature(&key.secret, &signing::v1_string_to_sign(req.method, &signed_params));
+    let expected = signing::v1_signature(
+        &key.secret,
+        &signing::v1_string_to_sign(req.method, &signed_params),
+    );
     if !signing::signatures_equal(&expected, signature) {
         return Err(ApiError::SignatureDoesNotMatch);
     }
@@ -170,9 +202,15 @@ fn check_timestamp(ms: i64) -> Result<(), ApiError> {
     }
 }
 
-async fn consume_nonce(db: &DatabaseConnection, access_key_id: &str, nonce: &str) -> Result<(), ApiError> {
+async fn consume_nonce(
+    db: &DatabaseConnection,
+    access_key_id: &str,
+    nonce: &str,
+) -> Result<(), ApiError> {
     if nonce.len() > 128 {
-        return Err(ApiError::IncompleteSignature("The signature nonce is too long."));
+        return Err(ApiError::IncompleteSignature(
+            "The signature nonce is too long.",
+        ));
     }
     let row = signature_nonce::ActiveModel {
         access_key_id: Set(access_key_id.to_owned()),
@@ -183,9 +221,12 @@ async fn consume_nonce(db: &DatabaseConnection, access_key_id: &str, nonce: &str
     };
     let inserted = signature_nonce::Entity::insert(row)
         .on_conflict(
-            OnConflict::columns([signature_nonce::Column::AccessKeyId, signature_nonce::Column::Nonce])
-                .do_nothing()
-                .to_owned(),
+            OnConflict::columns([
+                signature_nonce::Column::AccessKeyId,
+                signature_nonce::Column::Nonce,
+            ])
+            .do_nothing()
+            .to_owned(),
         )
         .exec_without_returning(db)
         .await;
@@ -209,5 +250,7 @@ pub async fn purge_nonces(db: &DatabaseConnection) -> Result<u64, Error> {
 /// A database failure on the request path: the caller may retry.
 pub fn db_unavailable(e: DbErr) -> ApiError {
     tracing::error!(error = %e, "database error");
-    ApiError::ServiceUnavailable { retry_after_ms: 1000 }
+    ApiError::ServiceUnavailable {
+        retry_after_ms: 1000,
+    }
 }

@@ -8,7 +8,8 @@ use msgcontact::{
 };
 use rand::Rng;
 use sea_orm::{
-    ActiveValue::Set, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, sea_query::OnConflict,
+    ActiveValue::Set, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
+    sea_query::OnConflict,
 };
 use serde_json::{Value, json};
 
@@ -48,7 +49,9 @@ pub enum AccountCommand {
 fn random_string(len: usize) -> String {
     const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
     let mut rng = rand::rng();
-    (0..len).map(|_| A[rng.random_range(0..A.len())] as char).collect()
+    (0..len)
+        .map(|_| A[rng.random_range(0..A.len())] as char)
+        .collect()
 }
 
 async fn ensure_account(db: &DatabaseConnection, id: &AccountId) -> Result<(), sea_orm::DbErr> {
@@ -57,7 +60,11 @@ async fn ensure_account(db: &DatabaseConnection, id: &AccountId) -> Result<(), s
         daily_limit: Set(None),
         created_ms: Set(now_ms()),
     })
-    .on_conflict(OnConflict::column(account::Column::AccountId).do_nothing().to_owned())
+    .on_conflict(
+        OnConflict::column(account::Column::AccountId)
+            .do_nothing()
+            .to_owned(),
+    )
     .exec_without_returning(db)
     .await;
     match r {
@@ -73,11 +80,18 @@ pub async fn create_key(
     access_key_id: Option<String>,
     secret: Option<String>,
 ) -> anyhow::Result<Value> {
-    let account = AccountId::parse(account_id).map_err(|_| anyhow::anyhow!("--account-id must be 1 to 32 digits"))?;
+    let account = AccountId::parse(account_id)
+        .map_err(|_| anyhow::anyhow!("--account-id must be 1 to 32 digits"))?;
     let id = access_key_id.unwrap_or_else(|| format!("LTAI{}", random_string(20)));
     let secret = secret.unwrap_or_else(|| random_string(30));
-    anyhow::ensure!(!id.is_empty() && id.len() <= 64, "access key id must be 1 to 64 characters");
-    anyhow::ensure!(!secret.is_empty() && secret.len() <= 128, "secret must be 1 to 128 characters");
+    anyhow::ensure!(
+        !id.is_empty() && id.len() <= 64,
+        "access key id must be 1 to 64 characters"
+    );
+    anyhow::ensure!(
+        !secret.is_empty() && secret.len() <= 128,
+        "secret must be 1 to 128 characters"
+    );
     ensure_account(db, &account).await?;
     let now = now_ms();
     access_key::Entity::insert(access_key::ActiveModel {
@@ -101,9 +115,11 @@ pub async fn create_key(
 
 pub async fn access_key(db: &DatabaseConnection, cmd: AccessKeyCommand) -> anyhow::Result<Value> {
     match cmd {
-        AccessKeyCommand::Create { account_id, access_key_id, access_key_secret } => {
-            create_key(db, &account_id, access_key_id, access_key_secret).await
-        }
+        AccessKeyCommand::Create {
+            account_id,
+            access_key_id,
+            access_key_secret,
+        } => create_key(db, &account_id, access_key_id, access_key_secret).await,
         AccessKeyCommand::List => {
             let keys = access_key::Entity::find()
                 .order_by_asc(access_key::Column::CreatedMs)
@@ -111,12 +127,14 @@ pub async fn access_key(db: &DatabaseConnection, cmd: AccessKeyCommand) -> anyho
                 .await?;
             Ok(Value::Array(
                 keys.into_iter()
-                    .map(|k| json!({
-                        "AccessKeyId": k.access_key_id,
-                        "AccountId": k.account_id,
-                        "Status": k.status,
-                        "CreateDate": format_ms(k.created_ms),
-                    }))
+                    .map(|k| {
+                        json!({
+                            "AccessKeyId": k.access_key_id,
+                            "AccountId": k.account_id,
+                            "Status": k.status,
+                            "CreateDate": format_ms(k.created_ms),
+                        })
+                    })
                     .collect(),
             ))
         }
@@ -136,12 +154,19 @@ pub async fn access_key(db: &DatabaseConnection, cmd: AccessKeyCommand) -> anyho
 pub async fn account(db: &DatabaseConnection, cmd: AccountCommand) -> anyhow::Result<Value> {
     match cmd {
         AccountCommand::SetDailyLimit { account_id, limit } => {
-            let id = AccountId::parse(&account_id).map_err(|_| anyhow::anyhow!("--account-id must be 1 to 32 digits"))?;
+            let id = AccountId::parse(&account_id)
+                .map_err(|_| anyhow::anyhow!("--account-id must be 1 to 32 digits"))?;
             anyhow::ensure!(limit <= i32::MAX as u32, "limit too large");
             ensure_account(db, &id).await?;
             account::Entity::update_many()
-                .col_expr(account::Column::DailyLimit, sea_orm::sea_query::Expr::value(limit as i32))
-                .filter(sea_orm::ColumnTrait::eq(&account::Column::AccountId, id.as_str()))
+                .col_expr(
+                    account::Column::DailyLimit,
+                    sea_orm::sea_query::Expr::value(limit as i32),
+                )
+                .filter(sea_orm::ColumnTrait::eq(
+                    &account::Column::AccountId,
+                    id.as_str(),
+                ))
                 .exec(db)
                 .await?;
             Ok(json!({ "AccountId": id.to_string(), "DailyLimit": limit }))

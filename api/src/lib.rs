@@ -26,7 +26,8 @@ use msgcontact::{
     job::Topology,
 };
 use sea_orm::{
-    DatabaseConnection, DatabaseTransaction, SqliteTransactionMode, TransactionOptions, TransactionTrait,
+    DatabaseConnection, DatabaseTransaction, SqliteTransactionMode, TransactionOptions,
+    TransactionTrait,
 };
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -59,7 +60,11 @@ pub struct ApiOptions {
     #[arg(long, env = "MSGCONTACT_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
     pub max_body_bytes: usize,
     /// Longest wait for the broker's publish confirm before answering 503.
-    #[arg(long, env = "MSGCONTACT_PUBLISH_CONFIRM_TIMEOUT_MS", default_value_t = 5000)]
+    #[arg(
+        long,
+        env = "MSGCONTACT_PUBLISH_CONFIRM_TIMEOUT_MS",
+        default_value_t = 5000
+    )]
     pub publish_confirm_timeout_ms: u64,
     /// Confirm-mode channels publishes rotate over.
     #[arg(long, env = "MSGCONTACT_PUBLISH_CHANNELS", default_value_t = 4)]
@@ -105,8 +110,10 @@ pub struct Application {
 
 impl Application {
     pub async fn build(config: Config) -> Result<Self, Error> {
-        let db = msgcontact::db::connect(&config.infra.database_url, config.infra.database_pool).await?;
-        let code_secret = msgcontact::db::code_secret(&db, config.infra.code_secret.as_deref()).await?;
+        let db =
+            msgcontact::db::connect(&config.infra.database_url, config.infra.database_pool).await?;
+        let code_secret =
+            msgcontact::db::code_secret(&db, config.infra.code_secret.as_deref()).await?;
         let amqp = msgcontact::amqp::connect(&config.infra.amqp_url, "msgcontact-api").await?;
         let topology = Topology::new(&config.infra.queue_prefix, config.infra.queue_max_length);
         let ch = amqp.create_channel().await?;
@@ -134,7 +141,9 @@ impl Application {
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("bound listener has an address")
+        self.listener
+            .local_addr()
+            .expect("bound listener has an address")
     }
 
     pub fn state(&self) -> Arc<AppState> {
@@ -182,12 +191,20 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let db_ok = state.db.ping().await.is_ok();
     let broker_ok = state.amqp.status().connected() && state.publisher.is_ready();
     let body = json!({ "database": db_ok, "broker": broker_ok });
-    let status = if db_ok && broker_ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if db_ok && broker_ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (status, axum::Json(body)).into_response()
 }
 
 /// Renders a success or an error in the Alibaba wire format.
-fn render(request_id: RequestId, host: &str, result: Result<serde_json::Map<String, Value>, ApiError>) -> Response {
+fn render(
+    request_id: RequestId,
+    host: &str,
+    result: Result<serde_json::Map<String, Value>, ApiError>,
+) -> Response {
     match result {
         Ok(mut body) => {
             body.insert("RequestId".into(), json!(request_id.to_string()));
@@ -201,12 +218,16 @@ fn render(request_id: RequestId, host: &str, result: Result<serde_json::Map<Stri
                 "Message": e.message(),
                 "Recommend": "",
             });
-            let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let status =
+                StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             let mut resp = (status, axum::Json(body)).into_response();
             if let Some(ms) = e.retry_after_ms() {
                 let h = resp.headers_mut();
                 h.insert("x-acs-retry-after", HeaderValue::from(ms));
-                h.insert(header::RETRY_AFTER, HeaderValue::from(ms.div_ceil(1000).max(1)));
+                h.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(ms.div_ceil(1000).max(1)),
+                );
             }
             resp
         }
@@ -248,11 +269,20 @@ async fn handle(
     let mut query = Params::default();
     query.parse_into(parts.uri.query().unwrap_or("").as_bytes())?;
     let mut all = query.clone();
-    if is_form(&parts.headers) || (!body.is_empty() && parts.headers.get(header::CONTENT_TYPE).is_none()) {
+    if is_form(&parts.headers)
+        || (!body.is_empty() && parts.headers.get(header::CONTENT_TYPE).is_none())
+    {
         all.parse_into(&body)?;
     }
-    let header_action = parts.headers.get("x-acs-action").and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty());
-    let action = header_action.or(all.get("Action")).ok_or(ApiError::MissingAction)?.to_owned();
+    let header_action = parts
+        .headers
+        .get("x-acs-action")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty());
+    let action = header_action
+        .or(all.get("Action"))
+        .ok_or(ApiError::MissingAction)?
+        .to_owned();
     span.record("action", action.as_str());
     let version = parts
         .headers

@@ -6,7 +6,11 @@ use msgcontact_api::{Application, Config, cli};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 #[derive(Parser, Debug)]
-#[command(name = "msgcontact-api", version, about = "msgcontact API server and administration")]
+#[command(
+    name = "msgcontact-api",
+    version,
+    about = "msgcontact API server and administration"
+)]
 struct Cli {
     #[command(flatten)]
     config: Config,
@@ -38,7 +42,9 @@ async fn main() -> anyhow::Result<()> {
     let infra = &args.config.infra;
     match args.command {
         Some(cmd) => {
-            let db = msgcontact::db::connect(&infra.database_url, 2).await.context("database")?;
+            let db = msgcontact::db::connect(&infra.database_url, 2)
+                .await
+                .context("database")?;
             let out = match cmd {
                 Command::Migrate => serde_json::json!({ "migrated": true }),
                 Command::AccessKey(c) => cli::access_key(&db, c).await?,
@@ -54,7 +60,9 @@ async fn main() -> anyhow::Result<()> {
 async fn serve(args: Cli) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
-    let api = Application::build(args.config.clone()).await.context("starting the API")?;
+    let api = Application::build(args.config.clone())
+        .await
+        .context("starting the API")?;
     if args.with_worker {
         if let Some(key) = cli::ensure_dev_key(&api.state().db).await? {
             println!(

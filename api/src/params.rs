@@ -86,7 +86,10 @@ impl Params {
 }
 
 fn decode(raw: &[u8]) -> Result<String, ApiError> {
-    let plus_as_space: Vec<u8> = raw.iter().map(|b| if *b == b'+' { b' ' } else { *b }).collect();
+    let plus_as_space: Vec<u8> = raw
+        .iter()
+        .map(|b| if *b == b'+' { b' ' } else { *b })
+        .collect();
     let bytes: Vec<u8> = percent_decode(&plus_as_space).collect();
     let s = String::from_utf8(bytes).map_err(|_| ApiError::InvalidEncoding)?;
     if s.chars().any(|c| c == '\0') {
@@ -110,7 +113,10 @@ mod tests {
         assert_eq!(p.get("Empty"), None);
         assert_eq!(p.int("PageSize", 20, 100).unwrap(), 20);
         let mut bad = Params::default();
-        assert_eq!(bad.parse_into(b"Name=%ff%fe"), Err(ApiError::InvalidEncoding));
+        assert_eq!(
+            bad.parse_into(b"Name=%ff%fe"),
+            Err(ApiError::InvalidEncoding)
+        );
         let mut bad = Params::default();
         bad.parse_into(b"Members.x=1").unwrap();
         assert!(bad.list("Members").is_err());

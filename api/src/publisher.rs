@@ -5,7 +5,10 @@ use std::{
     time::Duration,
 };
 
-use lapin::{Channel, Connection, options::{BasicPublishOptions, ConfirmSelectOptions}};
+use lapin::{
+    Channel, Connection,
+    options::{BasicPublishOptions, ConfirmSelectOptions},
+};
 use msgcontact::job::{SendJob, Topology};
 
 /// Why a publish did not become a confirmed, routed message.
@@ -51,7 +54,11 @@ impl Publisher {
     }
 
     /// Publishes a job (persistent, mandatory) and waits for the broker's confirm.
-    pub async fn publish(&self, job: &SendJob, traceparent: Option<&str>) -> Result<(), PublishError> {
+    pub async fn publish(
+        &self,
+        job: &SendJob,
+        traceparent: Option<&str>,
+    ) -> Result<(), PublishError> {
         let ch = &self.channels[self.next.fetch_add(1, Ordering::Relaxed) % self.channels.len()];
         let fut = async {
             let confirm = ch
@@ -59,7 +66,10 @@ impl Publisher {
                     "".into(),
                     self.routing_key.as_str().into(),
                     // mandatory: a missing queue comes back as a return instead of vanishing.
-                    BasicPublishOptions { mandatory: true, ..Default::default() },
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..Default::default()
+                    },
                     &job.to_bytes(),
                     job.properties(1, traceparent),
                 )

@@ -9,7 +9,10 @@ use sea_orm_migration::{prelude::*, schema::*};
 pub struct Migration;
 
 fn create(name: &str) -> TableCreateStatement {
-    Table::create().table(Alias::new(name)).if_not_exists().to_owned()
+    Table::create()
+        .table(Alias::new(name))
+        .if_not_exists()
+        .to_owned()
 }
 
 fn index(name: &str, table: &str, cols: &[&str]) -> IndexCreateStatement {
@@ -58,20 +61,36 @@ impl MigrationTrait for Migration {
                 .to_owned(),
         )
         .await?;
-        m.create_index(index("ux_contacts_account_name", "contacts", &["account_id", "name"]).unique().to_owned())
-            .await?;
+        m.create_index(
+            index(
+                "ux_contacts_account_name",
+                "contacts",
+                &["account_id", "name"],
+            )
+            .unique()
+            .to_owned(),
+        )
+        .await?;
         m.create_table(
             create("contact_members")
                 .col(string_len("contact_id", 18))
                 .col(string_len("member_id", 64))
                 .col(string_len("account_id", 32))
                 .col(big_integer("modify_ms"))
-                .primary_key(Index::create().col(Alias::new("contact_id")).col(Alias::new("member_id")))
+                .primary_key(
+                    Index::create()
+                        .col(Alias::new("contact_id"))
+                        .col(Alias::new("member_id")),
+                )
                 .to_owned(),
         )
         .await?;
-        m.create_index(index("ix_contact_members_member", "contact_members", &["account_id", "member_id"]))
-            .await?;
+        m.create_index(index(
+            "ix_contact_members_member",
+            "contact_members",
+            &["account_id", "member_id"],
+        ))
+        .await?;
         m.create_table(
             create("contact_deletions")
                 .col(string_len("contact_id", 18).primary_key())
@@ -101,10 +120,18 @@ impl MigrationTrait for Migration {
                 .to_owned(),
         )
         .await?;
-        m.create_index(index("ix_send_requests_target", "send_requests", &["contact_id", "phone", "accepted_ms"]))
-            .await?;
-        m.create_index(index("ix_send_requests_status", "send_requests", &["status", "accepted_ms"]))
-            .await?;
+        m.create_index(index(
+            "ix_send_requests_target",
+            "send_requests",
+            &["contact_id", "phone", "accepted_ms"],
+        ))
+        .await?;
+        m.create_index(index(
+            "ix_send_requests_status",
+            "send_requests",
+            &["status", "accepted_ms"],
+        ))
+        .await?;
         m.create_table(
             create("verifications")
                 .col(string_len("verification_id", 36).primary_key())
@@ -120,16 +147,28 @@ impl MigrationTrait for Migration {
         )
         .await?;
         // At most one live code per contact and number: concurrent workers cannot mint two codes.
-        m.create_index(index("ux_verifications_live", "verifications", &["live_key"]).unique().to_owned())
-            .await?;
-        m.create_index(index("ix_verifications_target", "verifications", &["contact_id", "phone"]))
-            .await?;
+        m.create_index(
+            index("ux_verifications_live", "verifications", &["live_key"])
+                .unique()
+                .to_owned(),
+        )
+        .await?;
+        m.create_index(index(
+            "ix_verifications_target",
+            "verifications",
+            &["contact_id", "phone"],
+        ))
+        .await?;
         m.create_table(
             create("daily_counters")
                 .col(string_len("account_id", 32))
                 .col(string_len("day", 10))
                 .col(integer("count"))
-                .primary_key(Index::create().col(Alias::new("account_id")).col(Alias::new("day")))
+                .primary_key(
+                    Index::create()
+                        .col(Alias::new("account_id"))
+                        .col(Alias::new("day")),
+                )
                 .to_owned(),
         )
         .await?;
@@ -138,12 +177,20 @@ impl MigrationTrait for Migration {
                 .col(string_len("access_key_id", 64))
                 .col(string_len("nonce", 128))
                 .col(big_integer("expires_ms"))
-                .primary_key(Index::create().col(Alias::new("access_key_id")).col(Alias::new("nonce")))
+                .primary_key(
+                    Index::create()
+                        .col(Alias::new("access_key_id"))
+                        .col(Alias::new("nonce")),
+                )
                 .to_owned(),
         )
         .await?;
-        m.create_index(index("ix_signature_nonces_expiry", "signature_nonces", &["expires_ms"]))
-            .await?;
+        m.create_index(index(
+            "ix_signature_nonces_expiry",
+            "signature_nonces",
+            &["expires_ms"],
+        ))
+        .await?;
         // Server-wide settings shared by every process, such as the code-derivation secret.
         m.create_table(
             create("settings")

@@ -13,7 +13,11 @@ use std::{
     time::Duration,
 };
 
-use axum::{Json, Router, extract::State, routing::{get, post}};
+use axum::{
+    Json, Router,
+    extract::State,
+    routing::{get, post},
+};
 use msgcontact::{
     config::{InfraConfig, PolicyConfig},
     domain::SupportedCountries,
@@ -33,11 +37,13 @@ pub enum Backend {
 }
 
 pub fn amqp_url() -> String {
-    std::env::var("MSGCONTACT_TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+    std::env::var("MSGCONTACT_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
 pub fn pg_admin_url() -> String {
-    std::env::var("MSGCONTACT_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+    std::env::var("MSGCONTACT_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
 #[derive(Clone)]
@@ -77,13 +83,22 @@ impl Inbox {
     }
 
     pub fn for_request(&self, request_id: &str) -> Vec<Value> {
-        self.all().into_iter().filter(|m| m["request_id"] == request_id).collect()
+        self.all()
+            .into_iter()
+            .filter(|m| m["request_id"] == request_id)
+            .collect()
     }
 }
 
 async fn start_inbox(status: u16) -> (Inbox, SocketAddr, JoinHandle<()>) {
-    let inbox = Inbox { messages: Default::default(), status: Arc::new(Mutex::new(status)) };
-    async fn receive(State(inbox): State<Inbox>, Json(body): Json<Value>) -> axum::http::StatusCode {
+    let inbox = Inbox {
+        messages: Default::default(),
+        status: Arc::new(Mutex::new(status)),
+    };
+    async fn receive(
+        State(inbox): State<Inbox>,
+        Json(body): Json<Value>,
+    ) -> axum::http::StatusCode {
         let status = *inbox.status.lock().unwrap();
         if status == 200 {
             inbox.messages.lock().unwrap().push(body);
@@ -93,7 +108,10 @@ async fn start_inbox(status: u16) -> (Inbox, SocketAddr, JoinHandle<()>) {
     async fn list(State(inbox): State<Inbox>) -> Json<Value> {
         Json(Value::Array(inbox.all()))
     }
-    let app = Router::new().route("/sms", post(receive)).route("/received", get(list)).with_state(inbox.clone());
+    let app = Router::new()
+        .route("/sms", post(receive))
+        .route("/received", get(list))
+        .with_state(inbox.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let handle = tokio::spawn(async move {
@@ -116,15 +134,30 @@ impl Response {
     #[track_caller]
     pub fn assert_ok(&self) -> &Value {
         assert_eq!(self.status, 200, "expected success, got {}", self.body);
-        assert!(self.body["RequestId"].as_str().is_some_and(|r| r.len() == 36), "{}", self.body);
+        assert!(
+            self.body["RequestId"]
+                .as_str()
+                .is_some_and(|r| r.len() == 36),
+            "{}",
+            self.body
+        );
         &self.body
     }
 
     #[track_caller]
     pub fn assert_error(&self, status: u16, code: &str) {
-        assert_eq!((self.status, self.code()), (status, code), "body: {}", self.body);
+        assert_eq!(
+            (self.status, self.code()),
+            (status, code),
+            "body: {}",
+            self.body
+        );
         for k in ["RequestId", "HostId", "Code", "Message", "Recommend"] {
-            assert!(self.body.get(k).is_some(), "error body lacks {k}: {}", self.body);
+            assert!(
+                self.body.get(k).is_some(),
+                "error body lacks {k}: {}",
+                self.body
+            );
         }
     }
 }
@@ -166,7 +199,10 @@ impl Drop for TempDir {
 }
 
 fn unique(prefix: &str) -> String {
-    format!("{prefix}{}", uuid::Uuid::new_v4().simple().to_string().get(..12).unwrap())
+    format!(
+        "{prefix}{}",
+        uuid::Uuid::new_v4().simple().to_string().get(..12).unwrap()
+    )
 }
 
 pub fn infra(db_url: &str, prefix: &str) -> InfraConfig {
@@ -196,12 +232,19 @@ impl TestApp {
             Backend::Sqlite => {
                 let dir = std::env::temp_dir().join(unique("msgcontact-test-"));
                 std::fs::create_dir_all(&dir).unwrap();
-                (format!("sqlite://{}/db.sqlite?mode=rwc", dir.display()), None, Some(TempDir(dir)))
+                (
+                    format!("sqlite://{}/db.sqlite?mode=rwc", dir.display()),
+                    None,
+                    Some(TempDir(dir)),
+                )
             }
             Backend::Postgres => {
                 let name = unique("msgcontact_test_");
                 let admin = Database::connect(pg_admin_url()).await.unwrap_or_else(|e| {
-                    panic!("PostgreSQL is required for this test and is not reachable at {}: {e}", pg_admin_url())
+                    panic!(
+                        "PostgreSQL is required for this test and is not reachable at {}: {e}",
+                        pg_admin_url()
+                    )
                 });
                 admin
                     .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
@@ -236,7 +279,12 @@ impl TestApp {
                 },
             })
             .await
-            .unwrap_or_else(|e| panic!("API failed to start (are RabbitMQ at {} and the database up?): {e}", amqp_url()));
+            .unwrap_or_else(|e| {
+                panic!(
+                    "API failed to start (are RabbitMQ at {} and the database up?): {e}",
+                    amqp_url()
+                )
+            });
             api_addrs.push(app.local_addr());
             first_state.get_or_insert_with(|| app.state());
             let stop = shutdown.clone();
@@ -245,7 +293,9 @@ impl TestApp {
             }));
         }
         let db = first_state.unwrap().db.clone();
-        let created = msgcontact_api::cli::create_key(&db, "1234567890123456", None, None).await.unwrap();
+        let created = msgcontact_api::cli::create_key(&db, "1234567890123456", None, None)
+            .await
+            .unwrap();
         let key = Key {
             id: created["AccessKeyId"].as_str().unwrap().into(),
             secret: created["AccessKeySecret"].as_str().unwrap().into(),
@@ -323,7 +373,9 @@ impl TestApp {
     }
 
     pub async fn new_key(&self, account: &str) -> Key {
-        let created = msgcontact_api::cli::create_key(&self.db, account, None, None).await.unwrap();
+        let created = msgcontact_api::cli::create_key(&self.db, account, None, None)
+            .await
+            .unwrap();
         Key {
             id: created["AccessKeyId"].as_str().unwrap().into(),
             secret: created["AccessKeySecret"].as_str().unwrap().into(),
@@ -336,17 +388,47 @@ impl TestApp {
     }
 
     /// An ACS3-signed call, parameters in the query string, as the official SDKs send it.
-    pub async fn call_with(&self, key: &Key, instance: usize, action: &str, params: &[(&str, &str)]) -> Response {
-        let query: Vec<(String, String)> = params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let headers = self.sign(instance, key, action, &query, None, &now_stamp(), &nonce());
-        self.send_raw(instance, "POST", &format!("/?{}", signing::canonical_query(&query)), &headers, Vec::new())
-            .await
+    pub async fn call_with(
+        &self,
+        key: &Key,
+        instance: usize,
+        action: &str,
+        params: &[(&str, &str)],
+    ) -> Response {
+        let query: Vec<(String, String)> = params
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let headers = signing::OutboundCall {
+            host: &self.api_addrs[instance].to_string(),
+            action,
+            version: API_VERSION,
+            query: &query,
+            form_body: None,
+        }
+        .sign(&key.id, &key.secret, &now_stamp(), &nonce());
+        self.send_raw(
+            instance,
+            "POST",
+            &format!("/?{}", signing::canonical_query(&query)),
+            &headers,
+            Vec::new(),
+        )
+        .await
     }
 
-    /// ACS3 headers for a call; parameters in the query, or in a form body.
-    pub fn sign(&self, instance: usize, key: &Key, action: &str, query: &[(String, String)], form_body: Option<&[u8]>, date: &str, nonce: &str) -> Vec<(String, String)> {
+    /// ACS3 headers for a call to the first API instance; parameters in the query, or in a form body.
+    pub fn sign(
+        &self,
+        key: &Key,
+        action: &str,
+        query: &[(String, String)],
+        form_body: Option<&[u8]>,
+        date: &str,
+        nonce: &str,
+    ) -> Vec<(String, String)> {
         signing::OutboundCall {
-            host: &self.api_addrs[instance].to_string(),
+            host: &self.api_addrs[0].to_string(),
             action,
             version: API_VERSION,
             query,
@@ -356,8 +438,18 @@ impl TestApp {
     }
 
     /// A v1 (HMAC-SHA1) signed call, as older SDKs and the CLI send it.
-    pub async fn call_v1(&self, key: &Key, action: &str, params: &[(&str, &str)], timestamp: &str, nonce: &str) -> Response {
-        let mut all: Vec<(String, String)> = params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    pub async fn call_v1(
+        &self,
+        key: &Key,
+        action: &str,
+        params: &[(&str, &str)],
+        timestamp: &str,
+        nonce: &str,
+    ) -> Response {
+        let mut all: Vec<(String, String)> = params
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         for (k, v) in [
             ("Action", action),
             ("Version", API_VERSION),
@@ -372,10 +464,24 @@ impl TestApp {
         }
         let sig = signing::v1_signature(&key.secret, &signing::v1_string_to_sign("POST", &all));
         all.push(("Signature".into(), sig));
-        self.send_raw(0, "POST", &format!("/?{}", signing::canonical_query(&all)), &[], Vec::new()).await
+        self.send_raw(
+            0,
+            "POST",
+            &format!("/?{}", signing::canonical_query(&all)),
+            &[],
+            Vec::new(),
+        )
+        .await
     }
 
-    pub async fn send_raw(&self, instance: usize, method: &str, path_and_query: &str, headers: &[(String, String)], body: Vec<u8>) -> Response {
+    pub async fn send_raw(
+        &self,
+        instance: usize,
+        method: &str,
+        path_and_query: &str,
+        headers: &[(String, String)],
+        body: Vec<u8>,
+    ) -> Response {
         let url = format!("http://{}{}", self.api_addrs[instance], path_and_query);
         let mut req = self.http.request(method.parse().unwrap(), url).body(body);
         for (k, v) in headers {
@@ -390,29 +496,48 @@ impl TestApp {
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
         let text = resp.text().await.unwrap();
-        let body: Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("non-JSON answer ({status}): {text}"));
-        Response { status, body, headers }
+        let body: Value = serde_json::from_str(&text)
+            .unwrap_or_else(|_| panic!("non-JSON answer ({status}): {text}"));
+        Response {
+            status,
+            body,
+            headers,
+        }
     }
 
     pub async fn add_contact(&self, name: &str, phone: Option<&str>) -> String {
-        let mut p = vec![("Name", name), ("EmailAddress", "ops@example.com"), ("Title", "CEO"), ("MessageTypes.1", "ServiceMessage")];
+        let mut p = vec![
+            ("Name", name),
+            ("EmailAddress", "ops@example.com"),
+            ("Title", "CEO"),
+            ("MessageTypes.1", "ServiceMessage"),
+        ];
         if let Some(ph) = phone {
             p.push(("PhoneNumber", ph));
         }
         let r = self.call("AddMessageContact", &p).await;
-        r.assert_ok()["Contact"]["ContactId"].as_str().unwrap().to_owned()
+        r.assert_ok()["Contact"]["ContactId"]
+            .as_str()
+            .unwrap()
+            .to_owned()
     }
 
     /// Waits until the send request reaches `status` (or panics after `secs`).
     pub async fn wait_status(&self, request_id: &str, status: &str, secs: u64) -> Value {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
         loop {
-            let r = self.call("GetVerificationRequest", &[("RequestId", request_id)]).await;
+            let r = self
+                .call("GetVerificationRequest", &[("RequestId", request_id)])
+                .await;
             let body = r.assert_ok().clone();
             if body["Request"]["Status"] == status {
                 return body["Request"].clone();
             }
-            assert!(tokio::time::Instant::now() < deadline, "request {request_id} stuck at {}", body["Request"]);
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "request {request_id} stuck at {}",
+                body["Request"]
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -427,7 +552,10 @@ impl TestApp {
         if let Ok(conn) = msgcontact::amqp::connect(&amqp_url(), "test-cleanup").await
             && let Ok(ch) = conn.create_channel().await
         {
-            for q in [format!("{}.send", self.prefix), format!("{}.send.dead", self.prefix)] {
+            for q in [
+                format!("{}.send", self.prefix),
+                format!("{}.send.dead", self.prefix),
+            ] {
                 let _ = ch.queue_delete(q.as_str().into(), Default::default()).await;
             }
             let _ = conn.close(200, "bye".into()).await;
@@ -435,7 +563,9 @@ impl TestApp {
         if let Some(name) = self.pg_database.take() {
             self.db.clone().close().await.ok();
             if let Ok(admin) = Database::connect(pg_admin_url()).await {
-                let _ = admin.execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).await;
+                let _ = admin
+                    .execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                    .await;
             }
         }
     }

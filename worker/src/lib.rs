@@ -14,7 +14,10 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use lapin::{
     BasicProperties, Channel,
     message::Delivery,
-    options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions},
+    options::{
+        BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions,
+        BasicQosOptions, ConfirmSelectOptions,
+    },
     types::{AMQPValue, FieldTable, LongString},
 };
 use msgcontact::{
@@ -27,7 +30,8 @@ use msgcontact::{
     time::now_ms,
 };
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, Condition, DatabaseConnection, DbErr, EntityTrait, QueryFilter, SqlErr,
+    ActiveValue::Set,
+    ColumnTrait, Condition, DatabaseConnection, DbErr, EntityTrait, QueryFilter, SqlErr,
     sea_query::{Expr, ExprTrait},
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -53,13 +57,21 @@ pub enum Error {
 #[derive(clap::Args, Debug, Clone)]
 pub struct WorkerOptions {
     /// Address of the worker's /healthz, /readyz (and metrics).
-    #[arg(long, env = "MSGCONTACT_WORKER_LISTEN", default_value = "127.0.0.1:9090")]
+    #[arg(
+        long,
+        env = "MSGCONTACT_WORKER_LISTEN",
+        default_value = "127.0.0.1:9090"
+    )]
     pub worker_listen: String,
     /// SMS provider: `log` (development), `webhook`.
     #[arg(long, env = "MSGCONTACT_SMS_PROVIDER", default_value = "log")]
     pub sms_provider: String,
     /// Where the `log` provider appends each SMS as a JSON line.
-    #[arg(long, env = "MSGCONTACT_LOG_PROVIDER_FILE", default_value = "data/sms.jsonl")]
+    #[arg(
+        long,
+        env = "MSGCONTACT_LOG_PROVIDER_FILE",
+        default_value = "data/sms.jsonl"
+    )]
     pub log_provider_file: PathBuf,
     /// URL the `webhook` provider posts to.
     #[arg(long, env = "MSGCONTACT_WEBHOOK_URL")]
@@ -121,23 +133,29 @@ impl Application {
                     .connect_timeout(Duration::from_secs(3))
                     .build()
                     .map_err(|e| Error::Config(e.to_string()))?,
-                url: config
-                    .worker
-                    .webhook_url
-                    .clone()
-                    .ok_or_else(|| Error::Config("MSGCONTACT_WEBHOOK_URL is required for the webhook provider".into()))?,
-                secret: config
-                    .worker
-                    .webhook_secret
-                    .clone()
-                    .ok_or_else(|| Error::Config("MSGCONTACT_WEBHOOK_SECRET is required for the webhook provider".into()))?,
+                url: config.worker.webhook_url.clone().ok_or_else(|| {
+                    Error::Config(
+                        "MSGCONTACT_WEBHOOK_URL is required for the webhook provider".into(),
+                    )
+                })?,
+                secret: config.worker.webhook_secret.clone().ok_or_else(|| {
+                    Error::Config(
+                        "MSGCONTACT_WEBHOOK_SECRET is required for the webhook provider".into(),
+                    )
+                })?,
             },
-            other => return Err(Error::Config(format!("unknown SMS provider {other:?} (log, webhook)"))),
+            other => {
+                return Err(Error::Config(format!(
+                    "unknown SMS provider {other:?} (log, webhook)"
+                )));
+            }
         };
         let rate = NonZeroU32::new(config.worker.provider_rate)
             .ok_or_else(|| Error::Config("MSGCONTACT_PROVIDER_RATE must be at least 1".into()))?;
-        let db = msgcontact::db::connect(&config.infra.database_url, config.infra.database_pool).await?;
-        let code_secret = msgcontact::db::code_secret(&db, config.infra.code_secret.as_deref()).await?;
+        let db =
+            msgcontact::db::connect(&config.infra.database_url, config.infra.database_pool).await?;
+        let code_secret =
+            msgcontact::db::code_secret(&db, config.infra.code_secret.as_deref()).await?;
         let amqp = msgcontact::amqp::connect(&config.infra.amqp_url, "msgcontact-worker").await?;
         let topology = Topology::new(&config.infra.queue_prefix, config.infra.queue_max_length);
         let consume_channel = amqp.create_channel().await?;
@@ -147,7 +165,9 @@ impl Application {
             .basic_qos(config.worker.prefetch, BasicQosOptions::default())
             .await?;
         let dead_channel = amqp.create_channel().await?;
-        dead_channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        dead_channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
         let listener = tokio::net::TcpListener::bind(&config.worker.worker_listen).await?;
         Ok(Self {
             shared: Arc::new(Shared {
@@ -167,19 +187,26 @@ impl Application {
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("bound listener has an address")
+        self.listener
+            .local_addr()
+            .expect("bound listener has an address")
     }
 
     /// Consumes until `shutdown` fires, then stops consuming, lets in-flight jobs finish, and closes.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), Error> {
-        let health = HealthState { db: self.shared.db.clone(), amqp: self.amqp.clone() };
+        let health = HealthState {
+            db: self.shared.db.clone(),
+            amqp: self.amqp.clone(),
+        };
         let app = Router::new()
             .route("/healthz", get(|| async { "ok" }))
             .route("/readyz", get(readyz))
             .with_state(health);
         let http_stop = shutdown.clone();
         let http = tokio::spawn(
-            axum::serve(self.listener, app).with_graceful_shutdown(http_stop.cancelled_owned()).into_future(),
+            axum::serve(self.listener, app)
+                .with_graceful_shutdown(http_stop.cancelled_owned())
+                .into_future(),
         );
 
         let mut consumer = self
@@ -217,9 +244,15 @@ impl Application {
             }
         }
         tracing::info!("stopping: finishing in-flight jobs");
-        let _ = self.consume_channel.basic_cancel(consumer.tag(), Default::default()).await;
+        let _ = self
+            .consume_channel
+            .basic_cancel(consumer.tag(), Default::default())
+            .await;
         tracker.close();
-        if tokio::time::timeout(Duration::from_secs(30), tracker.wait()).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(30), tracker.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!("in-flight jobs did not finish in time; the broker will redeliver them");
         }
         let _ = self.amqp.close(200, "shutdown".into()).await;
@@ -238,8 +271,15 @@ struct HealthState {
 async fn readyz(State(s): State<HealthState>) -> impl IntoResponse {
     let db_ok = s.db.ping().await.is_ok();
     let broker_ok = s.amqp.status().connected();
-    let status = if db_ok && broker_ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, axum::Json(serde_json::json!({ "database": db_ok, "broker": broker_ok })))
+    let status = if db_ok && broker_ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        axum::Json(serde_json::json!({ "database": db_ok, "broker": broker_ok })),
+    )
 }
 
 /// What to do with a delivery once processing is over.
@@ -251,8 +291,14 @@ enum Disposition {
 }
 
 async fn handle_delivery(shared: &Shared, delivery: Delivery) {
-    let request_id = delivery.properties.message_id().as_ref().map(|m| m.to_string()).unwrap_or_default();
-    let traceparent = job::header_str(&delivery.properties, job::HEADER_TRACEPARENT).unwrap_or_default();
+    let request_id = delivery
+        .properties
+        .message_id()
+        .as_ref()
+        .map(|m| m.to_string())
+        .unwrap_or_default();
+    let traceparent =
+        job::header_str(&delivery.properties, job::HEADER_TRACEPARENT).unwrap_or_default();
     let span = tracing::info_span!("job", request_id = %request_id, traceparent = %traceparent);
     let disposition = {
         use tracing::Instrument;
@@ -276,13 +322,27 @@ async fn handle_delivery(shared: &Shared, delivery: Delivery) {
     let _enter = span.enter();
     let result = match disposition {
         Disposition::Ack => delivery.ack(BasicAckOptions::default()).await,
-        Disposition::Requeue => delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await,
+        Disposition::Requeue => {
+            delivery
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..Default::default()
+                })
+                .await
+        }
         Disposition::DeadLetter(reason) => {
             tracing::warn!(%reason, "dead-lettering message");
             match dead_letter(shared, &delivery, &reason).await {
                 Ok(()) => delivery.ack(BasicAckOptions::default()).await,
                 // Could not park it with a reason: let the broker dead-letter it (x-death says why).
-                Err(_) => delivery.nack(BasicNackOptions { requeue: false, ..Default::default() }).await,
+                Err(_) => {
+                    delivery
+                        .nack(BasicNackOptions {
+                            requeue: false,
+                            ..Default::default()
+                        })
+                        .await
+                }
             }
         }
     };
@@ -291,16 +351,30 @@ async fn handle_delivery(shared: &Shared, delivery: Delivery) {
     }
 }
 
-async fn dead_letter(shared: &Shared, delivery: &Delivery, reason: &str) -> Result<(), lapin::Error> {
+async fn dead_letter(
+    shared: &Shared,
+    delivery: &Delivery,
+    reason: &str,
+) -> Result<(), lapin::Error> {
     let mut headers = delivery.properties.headers().clone().unwrap_or_default();
-    headers.insert(job::HEADER_DEAD_REASON.into(), AMQPValue::LongString(LongString::from(reason)));
-    let props: BasicProperties = delivery.properties.clone().with_headers(headers).with_delivery_mode(2);
+    headers.insert(
+        job::HEADER_DEAD_REASON.into(),
+        AMQPValue::LongString(LongString::from(reason)),
+    );
+    let props: BasicProperties = delivery
+        .properties
+        .clone()
+        .with_headers(headers)
+        .with_delivery_mode(2);
     let confirm = shared
         .dead_channel
         .basic_publish(
             "".into(),
             shared.topology.dead_letter_queue().as_str().into(),
-            BasicPublishOptions { mandatory: true, ..Default::default() },
+            BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
             &delivery.data,
             props,
         )
@@ -311,7 +385,7 @@ async fn dead_letter(shared: &Shared, delivery: &Delivery, reason: &str) -> Resu
     } else {
         Err(lapin::Error::from(lapin::ErrorKind::InvalidChannelState(
             lapin::ChannelState::Error,
-            "dead-letter publish refused".into(),
+            "dead-letter publish refused",
         )))
     }
 }
@@ -350,8 +424,14 @@ async fn set_outcome(
 
 async fn process(shared: &Shared, job: &SendJob) -> Result<Disposition, DbErr> {
     let db = &shared.db;
-    let Some(req) = send_request::Entity::find_by_id(job.request_id.clone()).one(db).await? else {
-        return Ok(Disposition::DeadLetter(format!("unknown request {}", job.request_id)));
+    let Some(req) = send_request::Entity::find_by_id(job.request_id.clone())
+        .one(db)
+        .await?
+    else {
+        return Ok(Disposition::DeadLetter(format!(
+            "unknown request {}",
+            job.request_id
+        )));
     };
     let status = SendStatus::parse(&req.status);
     if status.is_none_or(SendStatus::is_terminal) {
@@ -368,14 +448,28 @@ async fn process(shared: &Shared, job: &SendJob) -> Result<Disposition, DbErr> {
             .one(db)
             .await?;
         if newer.is_some() {
-            set_outcome(db, &req.request_id, SendStatus::Superseded, None, None, None).await?;
+            set_outcome(
+                db,
+                &req.request_id,
+                SendStatus::Superseded,
+                None,
+                None,
+                None,
+            )
+            .await?;
             tracing::info!("superseded by a newer request");
             return Ok(Disposition::Ack);
         }
     }
     let claimed = send_request::Entity::update_many()
-        .col_expr(send_request::Column::Status, Expr::value(SendStatus::Sending.as_str()))
-        .col_expr(send_request::Column::Attempts, Expr::col(send_request::Column::Attempts).add(1))
+        .col_expr(
+            send_request::Column::Status,
+            Expr::value(SendStatus::Sending.as_str()),
+        )
+        .col_expr(
+            send_request::Column::Attempts,
+            Expr::col(send_request::Column::Attempts).add(1),
+        )
         .col_expr(send_request::Column::UpdatedMs, Expr::value(now_ms()))
         .filter(send_request::Column::RequestId.eq(req.request_id.as_str()))
         .filter(send_request::Column::Status.is_in(LIVE_STATES))
@@ -385,14 +479,32 @@ async fn process(shared: &Shared, job: &SendJob) -> Result<Disposition, DbErr> {
         return Ok(Disposition::Ack);
     }
 
-    let contact = contact::Entity::find_by_id(req.contact_id.clone()).one(db).await?;
-    let target_ok = contact.as_ref().is_some_and(|c| c.pending_phone.as_deref() == Some(req.phone.as_str()));
+    let contact = contact::Entity::find_by_id(req.contact_id.clone())
+        .one(db)
+        .await?;
+    let target_ok = contact
+        .as_ref()
+        .is_some_and(|c| c.pending_phone.as_deref() == Some(req.phone.as_str()));
     if !target_ok {
         let (code, msg) = match contact {
-            None => ("ContactDeleted", "The contact was deleted before the SMS was sent."),
-            Some(_) => ("TargetChanged", "The number is no longer pending verification."),
+            None => (
+                "ContactDeleted",
+                "The contact was deleted before the SMS was sent.",
+            ),
+            Some(_) => (
+                "TargetChanged",
+                "The number is no longer pending verification.",
+            ),
         };
-        set_outcome(db, &req.request_id, SendStatus::Failed, Some((code, msg)), None, None).await?;
+        set_outcome(
+            db,
+            &req.request_id,
+            SendStatus::Failed,
+            Some((code, msg)),
+            None,
+            None,
+        )
+        .await?;
         return Ok(Disposition::Ack);
     }
 
@@ -411,13 +523,34 @@ async fn process(shared: &Shared, job: &SendJob) -> Result<Disposition, DbErr> {
     let elapsed = started.elapsed();
     match outcome {
         Ok(message_id) => {
-            set_outcome(db, &req.request_id, SendStatus::Sent, None, Some(&message_id), Some(&v.verification_id)).await?;
+            set_outcome(
+                db,
+                &req.request_id,
+                SendStatus::Sent,
+                None,
+                Some(&message_id),
+                Some(&v.verification_id),
+            )
+            .await?;
             tracing::info!(phone = %mask_phone(&req.phone), ?elapsed, provider = shared.provider.name(), "SMS sent");
         }
-        Err(ProviderFailure { class, code, message, .. }) => {
+        Err(ProviderFailure {
+            class,
+            code,
+            message,
+            ..
+        }) => {
             // Retries are not part of this pipeline yet: every provider failure is final.
             let reason = format!("{} ({}): {message}", code, class.as_str());
-            set_outcome(db, &req.request_id, SendStatus::Failed, Some((&code, &reason)), None, Some(&v.verification_id)).await?;
+            set_outcome(
+                db,
+                &req.request_id,
+                SendStatus::Failed,
+                Some((&code, &reason)),
+                None,
+                Some(&v.verification_id),
+            )
+            .await?;
             tracing::warn!(phone = %mask_phone(&req.phone), class = class.as_str(), %code, "SMS failed");
             let _ = FailureClass::Permanent;
         }
@@ -431,7 +564,10 @@ fn live_key(contact_id: &str, phone: &str) -> String {
 
 /// The live verification of the request's contact and number, created if there is none (or the
 /// previous one expired or was locked). The unique live key makes concurrent creators agree.
-async fn live_verification(shared: &Shared, req: &send_request::Model) -> Result<verification::Model, DbErr> {
+async fn live_verification(
+    shared: &Shared,
+    req: &send_request::Model,
+) -> Result<verification::Model, DbErr> {
     let db = &shared.db;
     let key = live_key(&req.contact_id, &req.phone);
     for _ in 0..3 {
@@ -446,10 +582,17 @@ async fn live_verification(shared: &Shared, req: &send_request::Model) -> Result
             }
             // Expired or locked: retire it so a fresh code can take the live slot.
             verification::Entity::update_many()
-                .col_expr(verification::Column::LiveKey, Expr::value(Option::<String>::None))
+                .col_expr(
+                    verification::Column::LiveKey,
+                    Expr::value(Option::<String>::None),
+                )
                 .col_expr(
                     verification::Column::Status,
-                    Expr::value(if v.status == vstatus::LOCKED { vstatus::LOCKED } else { vstatus::CLOSED }),
+                    Expr::value(if v.status == vstatus::LOCKED {
+                        vstatus::LOCKED
+                    } else {
+                        vstatus::CLOSED
+                    }),
                 )
                 .filter(
                     Condition::all()
@@ -470,7 +613,10 @@ async fn live_verification(shared: &Shared, req: &send_request::Model) -> Result
             expires_ms: Set(now + shared.policy.code_ttl().as_millis() as i64),
             live_key: Set(Some(key.clone())),
         };
-        match verification::Entity::insert(fresh.clone()).exec_without_returning(db).await {
+        match verification::Entity::insert(fresh.clone())
+            .exec_without_returning(db)
+            .await
+        {
             Ok(_) => {
                 return verification::Entity::find_by_id(fresh.verification_id.unwrap())
                     .one(db)
@@ -482,5 +628,7 @@ async fn live_verification(shared: &Shared, req: &send_request::Model) -> Result
             Err(e) => return Err(e),
         }
     }
-    Err(DbErr::Custom("could not settle the live verification".into()))
+    Err(DbErr::Custom(
+        "could not settle the live verification".into(),
+    ))
 }

@@ -6,7 +6,11 @@ use msgcontact_worker::{Application, Config};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser, Debug)]
-#[command(name = "msgcontact-worker", version, about = "msgcontact delivery worker")]
+#[command(
+    name = "msgcontact-worker",
+    version,
+    about = "msgcontact delivery worker"
+)]
 struct Cli {
     #[command(flatten)]
     config: Config,
@@ -16,7 +20,9 @@ struct Cli {
 async fn main() -> anyhow::Result<()> {
     let args = Cli::parse();
     msgcontact::telemetry::init(&args.config.infra.log_format);
-    let app = Application::build(args.config).await.context("starting the worker")?;
+    let app = Application::build(args.config)
+        .await
+        .context("starting the worker")?;
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
     tokio::spawn(async move {

@@ -46,8 +46,15 @@ pub struct ProviderFailure {
 }
 
 pub enum Provider {
-    Log { file: PathBuf, lock: Mutex<()> },
-    Webhook { client: reqwest::Client, url: String, secret: String },
+    Log {
+        file: PathBuf,
+        lock: Mutex<()>,
+    },
+    Webhook {
+        client: reqwest::Client,
+        url: String,
+        secret: String,
+    },
 }
 
 impl Provider {
@@ -79,10 +86,15 @@ impl Provider {
                 });
                 let write = || -> std::io::Result<()> {
                     let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
-                    if let Some(dir) = file.parent() && !dir.as_os_str().is_empty() {
+                    if let Some(dir) = file.parent()
+                        && !dir.as_os_str().is_empty()
+                    {
                         std::fs::create_dir_all(dir)?;
                     }
-                    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(file)?;
+                    let mut f = std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(file)?;
                     writeln!(f, "{line}")
                 };
                 write().map_err(|e| ProviderFailure {
@@ -93,12 +105,21 @@ impl Provider {
                 })?;
                 Ok(format!("log-{}", sms.request_id))
             }
-            Provider::Webhook { client, url, secret } => webhook(client, url, secret, sms).await,
+            Provider::Webhook {
+                client,
+                url,
+                secret,
+            } => webhook(client, url, secret, sms).await,
         }
     }
 }
 
-async fn webhook(client: &reqwest::Client, url: &str, secret: &str, sms: &Sms) -> Result<String, ProviderFailure> {
+async fn webhook(
+    client: &reqwest::Client,
+    url: &str,
+    secret: &str,
+    sms: &Sms,
+) -> Result<String, ProviderFailure> {
     let body = serde_json::to_vec(&serde_json::json!({
         "request_id": sms.request_id,
         "phone_number": sms.phone_number,
@@ -121,10 +142,18 @@ async fn webhook(client: &reqwest::Client, url: &str, secret: &str, sms: &Sms) -
         Ok(r) => r,
         Err(e) => {
             // A connect failure never reached the provider; anything later might have.
-            let class = if e.is_connect() { FailureClass::Transient } else { FailureClass::Ambiguous };
+            let class = if e.is_connect() {
+                FailureClass::Transient
+            } else {
+                FailureClass::Ambiguous
+            };
             return Err(ProviderFailure {
                 class,
-                code: if e.is_timeout() { "Timeout".into() } else { "ConnectionError".into() },
+                code: if e.is_timeout() {
+                    "Timeout".into()
+                } else {
+                    "ConnectionError".into()
+                },
                 message: e.to_string(),
                 retry_after: None,
             });
@@ -141,7 +170,11 @@ async fn webhook(client: &reqwest::Client, url: &str, secret: &str, sms: &Sms) -
     if status.is_success() {
         let id = serde_json::from_str::<serde_json::Value>(&text)
             .ok()
-            .and_then(|v| v.get("message_id").and_then(|m| m.as_str()).map(str::to_owned))
+            .and_then(|v| {
+                v.get("message_id")
+                    .and_then(|m| m.as_str())
+                    .map(str::to_owned)
+            })
             .unwrap_or_else(|| format!("webhook-{}", sms.request_id));
         return Ok(id);
     }

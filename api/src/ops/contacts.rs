@@ -2,14 +2,19 @@
 
 use msgcontact::{
     ApiError,
-    domain::{AccountId, ContactId, ContactName, EmailAddress, MemberId, MessageTypes, PhoneNumber, Title},
+    domain::{
+        AccountId, ContactId, ContactName, EmailAddress, MemberId, MessageTypes, PhoneNumber, Title,
+    },
     entities::{contact, contact_deletion, contact_member, verification},
     status::verification as vstatus,
     time::{format_ms, now_ms},
 };
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, PaginatorTrait,
-    QueryFilter, QueryOrder, QuerySelect, SqlErr, sea_query::{Expr, OnConflict},
+    ActiveModelTrait,
+    ActiveValue::Set,
+    ColumnTrait, ConnectionTrait, DbErr, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
+    QuerySelect, SqlErr,
+    sea_query::{Expr, OnConflict},
 };
 use serde_json::{Value, json};
 
@@ -17,7 +22,11 @@ use super::OpResult;
 use crate::{AppState, auth::db_unavailable, obj, params::Params};
 
 /// The contact of this account with this id, or `EntityNotExists.Contact`.
-pub async fn find_contact<C: ConnectionTrait>(db: &C, account: &AccountId, id: &ContactId) -> Result<contact::Model, ApiError> {
+pub async fn find_contact<C: ConnectionTrait>(
+    db: &C,
+    account: &AccountId,
+    id: &ContactId,
+) -> Result<contact::Model, ApiError> {
     contact::Entity::find_by_id(id.as_str().to_owned())
         .filter(contact::Column::AccountId.eq(account.as_str()))
         .one(db)
@@ -27,7 +36,11 @@ pub async fn find_contact<C: ConnectionTrait>(db: &C, account: &AccountId, id: &
 }
 
 pub fn contact_status(c: &contact::Model) -> &'static str {
-    if c.pending_phone.is_some() { "Verifying" } else { "Active" }
+    if c.pending_phone.is_some() {
+        "Verifying"
+    } else {
+        "Active"
+    }
 }
 
 fn contact_id(p: &Params) -> Result<ContactId, ApiError> {
@@ -41,7 +54,12 @@ fn name_taken(e: DbErr) -> ApiError {
     }
 }
 
-async fn name_in_use<C: ConnectionTrait>(db: &C, account: &AccountId, name: &ContactName, except: Option<&str>) -> Result<bool, ApiError> {
+async fn name_in_use<C: ConnectionTrait>(
+    db: &C,
+    account: &AccountId,
+    name: &ContactName,
+    except: Option<&str>,
+) -> Result<bool, ApiError> {
     let mut q = contact::Entity::find()
         .filter(contact::Column::AccountId.eq(account.as_str()))
         .filter(contact::Column::Name.eq(name.as_str()));
@@ -52,9 +70,16 @@ async fn name_in_use<C: ConnectionTrait>(db: &C, account: &AccountId, name: &Con
 }
 
 /// Withdraws the live code(s) of a contact (for one number, or all), e.g. when the target changes.
-pub async fn close_live_codes<C: ConnectionTrait>(db: &C, contact_id: &str, phone: Option<&str>) -> Result<(), DbErr> {
+pub async fn close_live_codes<C: ConnectionTrait>(
+    db: &C,
+    contact_id: &str,
+    phone: Option<&str>,
+) -> Result<(), DbErr> {
     let mut q = verification::Entity::update_many()
-        .col_expr(verification::Column::LiveKey, Expr::value(Option::<String>::None))
+        .col_expr(
+            verification::Column::LiveKey,
+            Expr::value(Option::<String>::None),
+        )
         .col_expr(verification::Column::Status, Expr::value(vstatus::CLOSED))
         .filter(verification::Column::ContactId.eq(contact_id))
         .filter(verification::Column::LiveKey.is_not_null());
@@ -68,7 +93,10 @@ pub async fn close_live_codes<C: ConnectionTrait>(db: &C, contact_id: &str, phon
 pub async fn add(state: &AppState, account: &AccountId, p: &Params) -> OpResult {
     let name = ContactName::parse(p.require("Name")?)?;
     let email = EmailAddress::parse(p.require("EmailAddress")?)?;
-    let phone = p.get("PhoneNumber").map(|s| PhoneNumber::parse(s, &state.policy.supported_country_codes)).transpose()?;
+    let phone = p
+        .get("PhoneNumber")
+        .map(|s| PhoneNumber::parse(s, &state.policy.supported_country_codes))
+        .transpose()?;
     let title = Title::parse(p.require("Title")?)?;
     let types = MessageTypes::parse(&p.list("MessageTypes")?)?;
     if name_in_use(&state.db, account, &name, None).await? {
@@ -99,10 +127,17 @@ pub async fn update(state: &AppState, account: &AccountId, p: &Params) -> OpResu
     let id = contact_id(p)?;
     let name = p.get("Name").map(ContactName::parse).transpose()?;
     let email = p.get("EmailAddress").map(EmailAddress::parse).transpose()?;
-    let phone = p.get("PhoneNumber").map(|s| PhoneNumber::parse(s, &state.policy.supported_country_codes)).transpose()?;
+    let phone = p
+        .get("PhoneNumber")
+        .map(|s| PhoneNumber::parse(s, &state.policy.supported_country_codes))
+        .transpose()?;
     let title = p.get("Title").map(Title::parse).transpose()?;
     let types = p.list("MessageTypes")?;
-    let types = if types.is_empty() { None } else { Some(MessageTypes::parse(&types)?) };
+    let types = if types.is_empty() {
+        None
+    } else {
+        Some(MessageTypes::parse(&types)?)
+    };
 
     let txn = crate::write_txn(&state.db).await?;
     let current = find_contact(&txn, account, &id).await?;
@@ -126,11 +161,17 @@ pub async fn update(state: &AppState, account: &AccountId, p: &Params) -> OpResu
     }
     if let Some(phone) = phone {
         let phone = phone.to_string();
-        let new_pending = if current.phone.as_deref() == Some(phone.as_str()) { None } else { Some(phone) };
+        let new_pending = if current.phone.as_deref() == Some(phone.as_str()) {
+            None
+        } else {
+            Some(phone)
+        };
         if new_pending != current.pending_phone {
             // The old pending number's code must no longer verify anything.
             if let Some(old) = &current.pending_phone {
-                close_live_codes(&txn, id.as_str(), Some(old)).await.map_err(db_unavailable)?;
+                close_live_codes(&txn, id.as_str(), Some(old))
+                    .await
+                    .map_err(db_unavailable)?;
             }
             am.pending_phone = Set(new_pending);
         }
@@ -147,13 +188,18 @@ pub async fn delete(state: &AppState, account: &AccountId, p: &Params) -> OpResu
     let _retain = p.bool("RetainContactInMembers")?.unwrap_or(true);
     let txn = crate::write_txn(&state.db).await?;
     let c = find_contact(&txn, account, &id).await?;
-    close_live_codes(&txn, id.as_str(), None).await.map_err(db_unavailable)?;
+    close_live_codes(&txn, id.as_str(), None)
+        .await
+        .map_err(db_unavailable)?;
     contact_member::Entity::delete_many()
         .filter(contact_member::Column::ContactId.eq(id.as_str()))
         .exec(&txn)
         .await
         .map_err(db_unavailable)?;
-    contact::Entity::delete_by_id(id.as_str().to_owned()).exec(&txn).await.map_err(db_unavailable)?;
+    contact::Entity::delete_by_id(id.as_str().to_owned())
+        .exec(&txn)
+        .await
+        .map_err(db_unavailable)?;
     contact_deletion::Entity::insert(contact_deletion::ActiveModel {
         contact_id: Set(id.to_string()),
         account_id: Set(account.to_string()),
@@ -161,7 +207,14 @@ pub async fn delete(state: &AppState, account: &AccountId, p: &Params) -> OpResu
         message_types: Set(c.message_types),
         deleted_ms: Set(now_ms()),
     })
-    .on_conflict(OnConflict::column(contact_deletion::Column::ContactId).update_columns([contact_deletion::Column::Status, contact_deletion::Column::DeletedMs]).to_owned())
+    .on_conflict(
+        OnConflict::column(contact_deletion::Column::ContactId)
+            .update_columns([
+                contact_deletion::Column::Status,
+                contact_deletion::Column::DeletedMs,
+            ])
+            .to_owned(),
+    )
     .exec_without_returning(&txn)
     .await
     .map_err(db_unavailable)?;
@@ -187,7 +240,10 @@ pub async fn deletion_status(state: &AppState, account: &AccountId, p: &Params) 
     }
 }
 
-async fn members_of<C: ConnectionTrait>(db: &C, ids: &[String]) -> Result<std::collections::HashMap<String, Vec<String>>, ApiError> {
+async fn members_of<C: ConnectionTrait>(
+    db: &C,
+    ids: &[String],
+) -> Result<std::collections::HashMap<String, Vec<String>>, ApiError> {
     let rows = contact_member::Entity::find()
         .filter(contact_member::Column::ContactId.is_in(ids.iter().cloned()))
         .order_by_asc(contact_member::Column::MemberId)
@@ -239,7 +295,10 @@ pub async fn list(state: &AppState, account: &AccountId, p: &Params) -> OpResult
             .all(&state.db)
             .await
             .map_err(db_unavailable)?;
-        associated = rows.into_iter().map(|r| (r.contact_id, r.modify_ms)).collect();
+        associated = rows
+            .into_iter()
+            .map(|r| (r.contact_id, r.modify_ms))
+            .collect();
         q = q.filter(contact::Column::ContactId.is_in(associated.keys().cloned()));
     }
     let total = q.clone().count(&state.db).await.map_err(db_unavailable)?;
@@ -263,7 +322,9 @@ pub async fn list(state: &AppState, account: &AccountId, p: &Params) -> OpResult
             v
         })
         .collect();
-    Ok(obj! { "TotalCount" => total, "PageNumber" => page, "PageSize" => size, "Contacts" => contacts })
+    Ok(
+        obj! { "TotalCount" => total, "PageNumber" => page, "PageSize" => size, "Contacts" => contacts },
+    )
 }
 
 pub async fn list_verifications(state: &AppState, account: &AccountId, p: &Params) -> OpResult {
@@ -288,12 +349,17 @@ pub async fn list_verifications(state: &AppState, account: &AccountId, p: &Param
         .iter()
         .map(|c| json!({ "ContactId": c.contact_id, "Target": c.pending_phone }))
         .collect();
-    Ok(obj! { "TotalCount" => total, "PageNumber" => page, "PageSize" => size, "ContactVerifications" => items })
+    Ok(
+        obj! { "TotalCount" => total, "PageNumber" => page, "PageSize" => size, "ContactVerifications" => items },
+    )
 }
 
 pub async fn cancel_update(state: &AppState, account: &AccountId, p: &Params) -> OpResult {
     let id = contact_id(p)?;
-    let phone = p.get("PhoneNumber").map(|s| PhoneNumber::parse(s, &state.policy.supported_country_codes)).transpose()?;
+    let phone = p
+        .get("PhoneNumber")
+        .map(|s| PhoneNumber::parse(s, &state.policy.supported_country_codes))
+        .transpose()?;
     if let Some(e) = p.get("EmailAddress") {
         // Email addresses take effect as given (no email channel yet): nothing pending to cancel.
         EmailAddress::parse(e)?;
@@ -302,12 +368,16 @@ pub async fn cancel_update(state: &AppState, account: &AccountId, p: &Params) ->
     let c = find_contact(&txn, account, &id).await?;
     let pending = c.pending_phone.clone();
     match (&phone, &pending) {
-        (Some(p), Some(pending)) if p.to_string() != *pending => return Err(ApiError::VerificationNotFound),
+        (Some(p), Some(pending)) if p.to_string() != *pending => {
+            return Err(ApiError::VerificationNotFound);
+        }
         (Some(_), None) => return Err(ApiError::VerificationNotFound),
         _ => {}
     }
     if let Some(pending) = pending {
-        close_live_codes(&txn, id.as_str(), Some(&pending)).await.map_err(db_unavailable)?;
+        close_live_codes(&txn, id.as_str(), Some(&pending))
+            .await
+            .map_err(db_unavailable)?;
         let mut am: contact::ActiveModel = c.into();
         am.pending_phone = Set(None);
         am.updated_ms = Set(now_ms());
@@ -325,7 +395,10 @@ fn members_param(p: &Params) -> Result<Vec<MemberId>, ApiError> {
     if raw.len() > 100 {
         return Err(ApiError::InvalidParameter("Members"));
     }
-    let mut v = raw.iter().map(|m| MemberId::parse(m)).collect::<Result<Vec<_>, _>>()?;
+    let mut v = raw
+        .iter()
+        .map(|m| MemberId::parse(m))
+        .collect::<Result<Vec<_>, _>>()?;
     v.sort();
     v.dedup();
     Ok(v)
@@ -352,9 +425,12 @@ pub async fn associate(state: &AppState, account: &AccountId, p: &Params) -> OpR
     });
     contact_member::Entity::insert_many(rows)
         .on_conflict(
-            OnConflict::columns([contact_member::Column::ContactId, contact_member::Column::MemberId])
-                .update_column(contact_member::Column::ModifyMs)
-                .to_owned(),
+            OnConflict::columns([
+                contact_member::Column::ContactId,
+                contact_member::Column::MemberId,
+            ])
+            .update_column(contact_member::Column::ModifyMs)
+            .to_owned(),
         )
         .exec_without_returning(&txn)
         .await
@@ -370,7 +446,9 @@ pub async fn disassociate(state: &AppState, account: &AccountId, p: &Params) -> 
     find_contact(&txn, account, &id).await?;
     contact_member::Entity::delete_many()
         .filter(contact_member::Column::ContactId.eq(id.as_str()))
-        .filter(contact_member::Column::MemberId.is_in(members.iter().map(|m| m.as_str().to_owned())))
+        .filter(
+            contact_member::Column::MemberId.is_in(members.iter().map(|m| m.as_str().to_owned())),
+        )
         .exec(&txn)
         .await
         .map_err(db_unavailable)?;

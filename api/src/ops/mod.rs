@@ -3,7 +3,10 @@
 pub mod contacts;
 pub mod send;
 
-use msgcontact::{ApiError, domain::{AccountId, RequestId}};
+use msgcontact::{
+    ApiError,
+    domain::{AccountId, RequestId},
+};
 use serde_json::{Map, Value};
 
 use crate::{AppState, params::Params};
@@ -11,7 +14,13 @@ use crate::{AppState, params::Params};
 pub type OpResult = Result<Map<String, Value>, ApiError>;
 
 /// Runs the named operation; unknown names are `InvalidAction.NotFound`.
-pub async fn dispatch(state: &AppState, action: &str, account: &AccountId, p: &Params, request_id: RequestId) -> OpResult {
+pub async fn dispatch(
+    state: &AppState,
+    action: &str,
+    account: &AccountId,
+    p: &Params,
+    request_id: RequestId,
+) -> OpResult {
     match action {
         "AddMessageContact" => contacts::add(state, account, p).await,
         "UpdateMessageContact" => contacts::update(state, account, p).await,
@@ -23,7 +32,9 @@ pub async fn dispatch(state: &AppState, action: &str, account: &AccountId, p: &P
         "GetMessageContactDeletionStatus" => contacts::deletion_status(state, account, p).await,
         "AssociateMembers" => contacts::associate(state, account, p).await,
         "DisassociateMembers" => contacts::disassociate(state, account, p).await,
-        "SendPhoneVerificationForMessageContact" => send::send_phone(state, account, p, request_id).await,
+        "SendPhoneVerificationForMessageContact" => {
+            send::send_phone(state, account, p, request_id).await
+        }
         "SendEmailVerificationForMessageContact" => Err(ApiError::EmailVerificationUnsupported),
         "CheckPhoneVerificationForMessageContact" => send::check_phone(state, account, p).await,
         "GetVerificationRequest" => send::get_request(state, account, p).await,

@@ -10,7 +10,8 @@ use msgcontact::{
     time::{format_ms, now_ms, utc_day},
 };
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, Condition, DbErr, EntityTrait, QueryFilter,
+    ActiveValue::Set,
+    ColumnTrait, Condition, DbErr, EntityTrait, QueryFilter,
     sea_query::{Expr, ExprTrait, OnConflict},
 };
 
@@ -24,12 +25,22 @@ pub fn live_key(contact_id: &str, phone: &str) -> String {
 
 /// Every synchronous check of the SPEC, in its order, then one transaction reserving quota and
 /// cooldown and recording the request, then a confirmed publish.
-pub async fn send_phone(state: &AppState, account: &AccountId, p: &Params, request_id: RequestId) -> OpResult {
+pub async fn send_phone(
+    state: &AppState,
+    account: &AccountId,
+    p: &Params,
+    request_id: RequestId,
+) -> OpResult {
     let id = ContactId::parse(p.require("ContactId")?)?;
-    let phone = PhoneNumber::parse(p.require("PhoneNumber")?, &state.policy.supported_country_codes)?;
+    let phone = PhoneNumber::parse(
+        p.require("PhoneNumber")?,
+        &state.policy.supported_country_codes,
+    )?;
     let phone_s = phone.to_string();
     let c = find_contact(&state.db, account, &id).await?;
-    if c.pending_phone.as_deref() != Some(phone_s.as_str()) && c.phone.as_deref() != Some(phone_s.as_str()) {
+    if c.pending_phone.as_deref() != Some(phone_s.as_str())
+        && c.phone.as_deref() != Some(phone_s.as_str())
+    {
         return Err(ApiError::InvalidParameter("PhoneNumber"));
     }
     if c.pending_phone.as_deref() != Some(phone_s.as_str()) {
@@ -57,13 +68,26 @@ pub async fn send_phone(state: &AppState, account: &AccountId, p: &Params, reque
         day: Set(day.clone()),
         count: Set(0),
     })
-    .on_conflict(OnConflict::columns([daily_counter::Column::AccountId, daily_counter::Column::Day]).do_nothing().to_owned())
+    .on_conflict(
+        OnConflict::columns([daily_counter::Column::AccountId, daily_counter::Column::Day])
+            .do_nothing()
+            .to_owned(),
+    )
     .exec_without_returning(&txn)
     .await
-    .or_else(|e| if matches!(e, DbErr::RecordNotInserted) { Ok(0) } else { Err(e) })
+    .or_else(|e| {
+        if matches!(e, DbErr::RecordNotInserted) {
+            Ok(0)
+        } else {
+            Err(e)
+        }
+    })
     .map_err(db_unavailable)?;
     let reserved = daily_counter::Entity::update_many()
-        .col_expr(daily_counter::Column::Count, Expr::col(daily_counter::Column::Count).add(1))
+        .col_expr(
+            daily_counter::Column::Count,
+            Expr::col(daily_counter::Column::Count).add(1),
+        )
         .filter(daily_counter::Column::AccountId.eq(account.as_str()))
         .filter(daily_counter::Column::Day.eq(day.as_str()))
         .filter(daily_counter::Column::Count.lt(limit as i32))
@@ -86,10 +110,7 @@ pub async fn send_phone(state: &AppState, account: &AccountId, p: &Params, reque
                 .add(contact::Column::LastSendMs.lte(now - cooldown_ms)),
         );
     }
-    let claimed = claim
-        .exec(&txn)
-        .await
-        .map_err(db_unavailable)?;
+    let claimed = claim.exec(&txn).await.map_err(db_unavailable)?;
     if claimed.rows_affected == 0 {
         // Tell apart a concurrent change of the contact from the cooldown.
         let c = find_contact(&txn, account, &id).await?;
@@ -97,7 +118,9 @@ pub async fn send_phone(state: &AppState, account: &AccountId, p: &Params, reque
             return Err(ApiError::VerificationNotFound);
         }
         let wait = c.last_send_ms.unwrap_or(now) + cooldown_ms - now;
-        return Err(ApiError::ContactThrottled { retry_after_ms: Ord::max(wait, 1) as u64 });
+        return Err(ApiError::ContactThrottled {
+            retry_after_ms: Ord::max(wait, 1) as u64,
+        });
     }
     send_request::Entity::insert(send_request::ActiveModel {
         request_id: Set(rid.clone()),
@@ -120,11 +143,21 @@ pub async fn send_phone(state: &AppState, account: &AccountId, p: &Params, reque
     .map_err(db_unavailable)?;
     txn.commit().await.map_err(db_unavailable)?;
 
-    let traceparent = format!("00-{}-{}-01", rid.replace('-', "").to_lowercase(), &hex::encode(rand::random::<[u8; 8]>()));
-    if let Err(e) = state.publisher.publish(&SendJob::new(rid.clone()), Some(&traceparent)).await {
+    let traceparent = format!(
+        "00-{}-{}-01",
+        rid.replace('-', "").to_lowercase(),
+        &hex::encode(rand::random::<[u8; 8]>())
+    );
+    if let Err(e) = state
+        .publisher
+        .publish(&SendJob::new(rid.clone()), Some(&traceparent))
+        .await
+    {
         tracing::warn!(request_id = %rid, error = %e, "publish failed; releasing quota and cooldown");
         release(state, account, &id, &rid, &day, now, &e.to_string()).await;
-        return Err(ApiError::ServiceUnavailable { retry_after_ms: 1000 });
+        return Err(ApiError::ServiceUnavailable {
+            retry_after_ms: 1000,
+        });
     }
     tracing::info!(request_id = %rid, contact_id = %id, phone = %phone.masked(), "send accepted");
     Ok(obj! {})
@@ -132,12 +165,26 @@ pub async fn send_phone(state: &AppState, account: &AccountId, p: &Params, reque
 
 /// Undoes the reservation of a request whose publish failed: it ends Failed, and the quota and the
 /// cooldown slot it took are given back.
-async fn release(state: &AppState, account: &AccountId, id: &ContactId, rid: &str, day: &str, sent_at: i64, why: &str) {
+async fn release(
+    state: &AppState,
+    account: &AccountId,
+    id: &ContactId,
+    rid: &str,
+    day: &str,
+    sent_at: i64,
+    why: &str,
+) {
     let result: Result<(), ApiError> = async {
         let txn = crate::write_txn(&state.db).await?;
         let failed = send_request::Entity::update_many()
-            .col_expr(send_request::Column::Status, Expr::value(SendStatus::Failed.as_str()))
-            .col_expr(send_request::Column::FailureCode, Expr::value("PublishFailed"))
+            .col_expr(
+                send_request::Column::Status,
+                Expr::value(SendStatus::Failed.as_str()),
+            )
+            .col_expr(
+                send_request::Column::FailureCode,
+                Expr::value("PublishFailed"),
+            )
             .col_expr(send_request::Column::FailureMessage, Expr::value(why))
             .col_expr(send_request::Column::UpdatedMs, Expr::value(now_ms()))
             .filter(send_request::Column::RequestId.eq(rid))
@@ -147,7 +194,10 @@ async fn release(state: &AppState, account: &AccountId, id: &ContactId, rid: &st
             .map_err(db_unavailable)?;
         if failed.rows_affected == 1 {
             daily_counter::Entity::update_many()
-                .col_expr(daily_counter::Column::Count, Expr::col(daily_counter::Column::Count).sub(1))
+                .col_expr(
+                    daily_counter::Column::Count,
+                    Expr::col(daily_counter::Column::Count).sub(1),
+                )
                 .filter(daily_counter::Column::AccountId.eq(account.as_str()))
                 .filter(daily_counter::Column::Day.eq(day))
                 .filter(daily_counter::Column::Count.gt(0))
@@ -155,7 +205,10 @@ async fn release(state: &AppState, account: &AccountId, id: &ContactId, rid: &st
                 .await
                 .map_err(db_unavailable)?;
             contact::Entity::update_many()
-                .col_expr(contact::Column::LastSendMs, Expr::value(Option::<i64>::None))
+                .col_expr(
+                    contact::Column::LastSendMs,
+                    Expr::value(Option::<i64>::None),
+                )
                 .filter(contact::Column::ContactId.eq(id.as_str()))
                 .filter(contact::Column::LastSendMs.eq(sent_at))
                 .exec(&txn)
@@ -172,7 +225,10 @@ async fn release(state: &AppState, account: &AccountId, id: &ContactId, rid: &st
 
 pub async fn check_phone(state: &AppState, account: &AccountId, p: &Params) -> OpResult {
     let id = ContactId::parse(p.require("ContactId")?)?;
-    let phone = PhoneNumber::parse(p.require("PhoneNumber")?, &state.policy.supported_country_codes)?;
+    let phone = PhoneNumber::parse(
+        p.require("PhoneNumber")?,
+        &state.policy.supported_country_codes,
+    )?;
     let code = p.require("VerificationCode")?;
     if code.len() != 6 || !code.bytes().all(|b| b.is_ascii_digit()) {
         return Err(ApiError::InvalidParameter("VerificationCode"));
@@ -195,7 +251,10 @@ pub async fn check_phone(state: &AppState, account: &AccountId, p: &Params) -> O
     if !code_matches(&state.code_secret, &v.verification_id, code) {
         // Count the miss atomically so parallel guesses cannot exceed the limit.
         let counted = verification::Entity::update_many()
-            .col_expr(verification::Column::FailedAttempts, Expr::col(verification::Column::FailedAttempts).add(1))
+            .col_expr(
+                verification::Column::FailedAttempts,
+                Expr::col(verification::Column::FailedAttempts).add(1),
+            )
             .filter(verification::Column::VerificationId.eq(v.verification_id.as_str()))
             .filter(verification::Column::Status.eq(vstatus::PENDING))
             .filter(verification::Column::FailedAttempts.lt(max))
@@ -215,13 +274,18 @@ pub async fn check_phone(state: &AppState, account: &AccountId, p: &Params) -> O
                 .await
                 .map_err(db_unavailable)?;
         }
-        return Err(ApiError::InvalidVerificationCode { attempts_left: Ord::max(max - used, 0) as u32 });
+        return Err(ApiError::InvalidVerificationCode {
+            attempts_left: Ord::max(max - used, 0) as u32,
+        });
     }
     let txn = crate::write_txn(&state.db).await?;
     // Single use: only one check can move the code out of Pending.
     let used = verification::Entity::update_many()
         .col_expr(verification::Column::Status, Expr::value(vstatus::VERIFIED))
-        .col_expr(verification::Column::LiveKey, Expr::value(Option::<String>::None))
+        .col_expr(
+            verification::Column::LiveKey,
+            Expr::value(Option::<String>::None),
+        )
         .filter(verification::Column::VerificationId.eq(v.verification_id.as_str()))
         .filter(verification::Column::Status.eq(vstatus::PENDING))
         .exec(&txn)
@@ -232,7 +296,10 @@ pub async fn check_phone(state: &AppState, account: &AccountId, p: &Params) -> O
     }
     contact::Entity::update_many()
         .col_expr(contact::Column::Phone, Expr::value(phone_s.as_str()))
-        .col_expr(contact::Column::PendingPhone, Expr::value(Option::<String>::None))
+        .col_expr(
+            contact::Column::PendingPhone,
+            Expr::value(Option::<String>::None),
+        )
         .col_expr(contact::Column::UpdatedMs, Expr::value(now_ms()))
         .filter(contact::Column::ContactId.eq(id.as_str()))
         .filter(contact::Column::PendingPhone.eq(phone_s.as_str()))
