@@ -27,6 +27,9 @@ pub struct InfraConfig {
     /// Ready jobs in the work queue beyond which publishes are refused (API answers 503).
     #[arg(long, env = "MSGCONTACT_QUEUE_MAX_LENGTH", default_value_t = 100_000)]
     pub queue_max_length: u32,
+    /// Retry schedule: delays in seconds before the 2nd, 3rd, … delivery attempt.
+    #[arg(long, env = "MSGCONTACT_RETRY_DELAYS_SECS", default_value = "5,30,120,600", value_parser = parse_delays)]
+    pub retry_delays_secs: RetryDelays,
     /// Database connection pool size per process.
     #[arg(long, env = "MSGCONTACT_DATABASE_POOL", default_value_t = 16)]
     pub database_pool: u32,
@@ -36,6 +39,46 @@ pub struct InfraConfig {
     /// Log format: `pretty` for terminals, `json` for production.
     #[arg(long, env = "MSGCONTACT_LOG_FORMAT", default_value = "pretty")]
     pub log_format: String,
+}
+
+/// The retry schedule as data: one delay per retry level.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryDelays(pub Vec<Duration>);
+
+fn parse_delays(s: &str) -> Result<RetryDelays, String> {
+    let delays = s
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .map(|d| {
+            let secs: f64 = d.parse().map_err(|_| format!("bad delay {d:?}"))?;
+            if !(0.05..=86_400.0).contains(&secs) {
+                return Err(format!("delay {d} s out of range (0.05 to 86400)"));
+            }
+            Ok(Duration::from_secs_f64(secs))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if delays.len() > 20 {
+        return Err("at most 20 retry levels".into());
+    }
+    Ok(RetryDelays(delays))
+}
+
+impl InfraConfig {
+    pub fn topology(&self) -> crate::job::Topology {
+        crate::job::Topology::new(
+            &self.queue_prefix,
+            self.queue_max_length,
+            self.retry_delays_secs.0.clone(),
+        )
+    }
+}
+
+impl std::str::FromStr for RetryDelays {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        parse_delays(s)
+    }
 }
 
 /// Verification policy: what may be sent, how often, and how codes behave.

@@ -123,6 +123,7 @@ pub mod send_request {
         pub phone: String,
         pub status: String,
         pub attempts: i32,
+        pub ambiguous_attempts: i32,
         pub failure_code: Option<String>,
         pub failure_message: Option<String>,
         pub provider_message_id: Option<String>,

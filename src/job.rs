@@ -104,15 +104,58 @@ pub struct Topology {
     pub max_length: u32,
     /// Deliveries of one message before the broker dead-letters it (poison backstop).
     pub delivery_limit: u32,
+    /// The retry schedule: one delay queue per level, in order.
+    pub retry_delays: Vec<std::time::Duration>,
 }
 
 impl Topology {
-    pub fn new(prefix: &str, max_length: u32) -> Self {
+    pub fn new(prefix: &str, max_length: u32, retry_delays: Vec<std::time::Duration>) -> Self {
         Self {
             prefix: prefix.to_owned(),
             max_length,
             delivery_limit: 10,
+            retry_delays,
         }
+    }
+
+    /// The delay queue of a retry level: jobs wait there for the level's delay, then the broker
+    /// dead-letters them back to the work queue.
+    pub fn retry_queue(&self, level: usize) -> String {
+        format!("{}.send.retry.{}", self.prefix, level)
+    }
+
+    fn retry_queue_args(&self, level: usize) -> FieldTable {
+        let mut args = FieldTable::default();
+        // Quorum, like the work queue: a job waiting for its retry survives a node loss.
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
+        // Every message of this level waits the same time, so the head always expires first.
+        args.insert(
+            "x-message-ttl".into(),
+            AMQPValue::LongLongInt(self.retry_delays[level].as_millis() as i64),
+        );
+        // Expired jobs go back to the work queue through the default exchange.
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString("".into()),
+        );
+        args.insert(
+            "x-dead-letter-routing-key".into(),
+            AMQPValue::LongString(self.work_queue().as_str().into()),
+        );
+        // At-least-once dead-lettering: the broker keeps the job until the work queue has it,
+        // instead of dropping it if the hand-over fails. Requires reject-publish overflow.
+        args.insert(
+            "x-dead-letter-strategy".into(),
+            AMQPValue::LongString("at-least-once".into()),
+        );
+        args.insert(
+            "x-overflow".into(),
+            AMQPValue::LongString("reject-publish".into()),
+        );
+        args
     }
 
     /// The work queue send jobs are published to.
@@ -158,6 +201,11 @@ impl Topology {
             "x-overflow".into(),
             AMQPValue::LongString("reject-publish".into()),
         );
+        // Poison messages reach the dead-letter queue at least once rather than at most once.
+        args.insert(
+            "x-dead-letter-strategy".into(),
+            AMQPValue::LongString("at-least-once".into()),
+        );
         args
     }
 
@@ -191,6 +239,15 @@ impl Topology {
                 self.work_queue_args(),
             )
             .await?;
+        for level in 0..self.retry_delays.len() {
+            channel
+                .queue_declare(
+                    self.retry_queue(level).as_str().into(),
+                    durable,
+                    self.retry_queue_args(level),
+                )
+                .await?;
+        }
         Ok(())
     }
 }

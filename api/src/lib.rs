@@ -23,7 +23,6 @@ use msgcontact::{
     ApiError,
     config::{InfraConfig, PolicyConfig},
     domain::RequestId,
-    job::Topology,
 };
 use sea_orm::{
     DatabaseConnection, DatabaseTransaction, SqliteTransactionMode, TransactionOptions,
@@ -115,7 +114,7 @@ impl Application {
         let code_secret =
             msgcontact::db::code_secret(&db, config.infra.code_secret.as_deref()).await?;
         let amqp = msgcontact::amqp::connect(&config.infra.amqp_url, "msgcontact-api").await?;
-        let topology = Topology::new(&config.infra.queue_prefix, config.infra.queue_max_length);
+        let topology = config.infra.topology();
         let ch = amqp.create_channel().await?;
         topology.declare(&ch).await?;
         let _ = ch.close(200, "declared".into()).await;

@@ -109,6 +109,7 @@ impl MigrationTrait for Migration {
                 .col(string_len("phone", 24))
                 .col(string_len("status", 16))
                 .col(integer("attempts"))
+                .col(integer("ambiguous_attempts").default(0))
                 .col(string_len_null("failure_code", 64))
                 .col(text_null("failure_message"))
                 .col(string_len_null("provider_message_id", 128))

@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod fake_sms;
+
 use std::{
     net::SocketAddr,
     path::PathBuf,
@@ -55,6 +57,10 @@ pub struct Options {
     pub code_ttl_secs: u64,
     /// Status the fake webhook provider answers (200 = delivered).
     pub webhook_status: u16,
+    /// Deliver through the fake Alibaba SMS service instead of the webhook.
+    pub aliyun: bool,
+    pub queue_max_length: u32,
+    pub provider_timeout_ms: u64,
 }
 
 impl Default for Options {
@@ -66,6 +72,9 @@ impl Default for Options {
             cooldown_secs: 60,
             code_ttl_secs: 600,
             webhook_status: 200,
+            aliyun: false,
+            queue_max_length: 100_000,
+            provider_timeout_ms: 5000,
         }
     }
 }
@@ -180,6 +189,7 @@ pub struct TestApp {
     pub inbox_addr: SocketAddr,
     pub options: Options,
     pub webhook_secret: String,
+    pub sms: fake_sms::FakeSms,
     shutdown: CancellationToken,
     worker_shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
@@ -205,13 +215,14 @@ fn unique(prefix: &str) -> String {
     )
 }
 
-pub fn infra(db_url: &str, prefix: &str) -> InfraConfig {
+pub fn infra(db_url: &str, prefix: &str, queue_max_length: u32) -> InfraConfig {
     InfraConfig {
         database_url: db_url.to_owned(),
         amqp_url: amqp_url(),
         queue_prefix: prefix.to_owned(),
-        queue_max_length: 100_000,
+        queue_max_length,
         database_pool: 8,
+        retry_delays_secs: "0.3,1,1".parse().unwrap(),
         code_secret: None,
         log_format: "pretty".into(),
     }
@@ -269,7 +280,7 @@ impl TestApp {
         let mut first_state = None;
         for _ in 0..options.api_instances {
             let app = msgcontact_api::Application::build(msgcontact_api::Config {
-                infra: infra(&db_url, &prefix),
+                infra: infra(&db_url, &prefix, options.queue_max_length),
                 policy: policy.clone(),
                 api: msgcontact_api::ApiOptions {
                     api_listen: "127.0.0.1:0".into(),
@@ -312,6 +323,7 @@ impl TestApp {
             inbox_addr,
             options: options.clone(),
             webhook_secret: "whsec-test".into(),
+            sms: fake_sms::FakeSms::start().await,
             shutdown,
             worker_shutdown: CancellationToken::new(),
             tasks,
@@ -340,17 +352,28 @@ impl TestApp {
         assert!(self.worker_task.is_none(), "worker already running");
         self.worker_shutdown = CancellationToken::new();
         let worker = msgcontact_worker::Application::build(msgcontact_worker::Config {
-            infra: infra(&self.db_url, &self.prefix),
+            infra: infra(&self.db_url, &self.prefix, self.options.queue_max_length),
             policy: self.policy(),
             worker: msgcontact_worker::WorkerOptions {
                 worker_listen: "127.0.0.1:0".into(),
-                sms_provider: "webhook".into(),
+                sms_provider: if self.options.aliyun {
+                    "aliyun"
+                } else {
+                    "webhook"
+                }
+                .into(),
                 log_provider_file: "unused".into(),
                 webhook_url: Some(format!("http://{}/sms", self.inbox_addr)),
                 webhook_secret: Some(self.webhook_secret.clone()),
+                aliyun_sms_endpoint: self.sms.addr.to_string(),
+                aliyun_sms_protocol: "http".into(),
+                aliyun_access_key_id: Some(fake_sms::ACCESS_KEY_ID.into()),
+                aliyun_access_key_secret: Some(fake_sms::ACCESS_KEY_SECRET.into()),
+                aliyun_sms_sign_name: Some("msgcontact".into()),
+                aliyun_sms_template_code: Some("SMS_0001".into()),
                 provider_rate: 1000,
                 prefetch: 16,
-                provider_timeout_ms: 5000,
+                provider_timeout_ms: self.options.provider_timeout_ms,
             },
         })
         .await

@@ -79,6 +79,30 @@ pub struct WorkerOptions {
     /// HMAC key of the webhook's `X-Msgcontact-Signature` header.
     #[arg(long, env = "MSGCONTACT_WEBHOOK_SECRET", hide_env_values = true)]
     pub webhook_secret: Option<String>,
+    /// Alibaba Cloud SMS endpoint, `host[:port]`.
+    #[arg(
+        long,
+        env = "MSGCONTACT_ALIYUN_SMS_ENDPOINT",
+        default_value = "dysmsapi.aliyuncs.com"
+    )]
+    pub aliyun_sms_endpoint: String,
+    /// `https` or `http` (tests point the provider at a local fake).
+    #[arg(long, env = "MSGCONTACT_ALIYUN_SMS_PROTOCOL", default_value = "https")]
+    pub aliyun_sms_protocol: String,
+    #[arg(long, env = "MSGCONTACT_ALIYUN_ACCESS_KEY_ID")]
+    pub aliyun_access_key_id: Option<String>,
+    #[arg(
+        long,
+        env = "MSGCONTACT_ALIYUN_ACCESS_KEY_SECRET",
+        hide_env_values = true
+    )]
+    pub aliyun_access_key_secret: Option<String>,
+    /// SMS signature name registered with Alibaba Cloud.
+    #[arg(long, env = "MSGCONTACT_ALIYUN_SMS_SIGN_NAME")]
+    pub aliyun_sms_sign_name: Option<String>,
+    /// SMS template code; the template takes one `${code}` parameter.
+    #[arg(long, env = "MSGCONTACT_ALIYUN_SMS_TEMPLATE_CODE")]
+    pub aliyun_sms_template_code: Option<String>,
     /// Provider requests per second from this worker process (the provider's contract divided by
     /// the number of workers).
     #[arg(long, env = "MSGCONTACT_PROVIDER_RATE", default_value_t = 50)]
@@ -108,8 +132,9 @@ struct Shared {
     provider: Provider,
     limiter: DefaultDirectRateLimiter,
     topology: Topology,
-    /// Confirm-mode channel for dead-lettering with a reason.
-    dead_channel: Channel,
+    /// Confirm-mode channel for dead letters and retries.
+    publish_channel: Channel,
+    shutdown: CancellationToken,
 }
 
 pub struct Application {
@@ -120,6 +145,14 @@ pub struct Application {
     prefetch: u16,
 }
 
+fn http_client(timeout_ms: u64) -> Result<reqwest::Client, Error> {
+    reqwest::Client::builder()
+        .timeout(Duration::from_millis(timeout_ms))
+        .connect_timeout(Duration::from_secs(3))
+        .build()
+        .map_err(|e| Error::Config(e.to_string()))
+}
+
 impl Application {
     pub async fn build(config: Config) -> Result<Self, Error> {
         let provider = match config.worker.sms_provider.as_str() {
@@ -128,11 +161,7 @@ impl Application {
                 lock: Default::default(),
             },
             "webhook" => Provider::Webhook {
-                client: reqwest::Client::builder()
-                    .timeout(Duration::from_millis(config.worker.provider_timeout_ms))
-                    .connect_timeout(Duration::from_secs(3))
-                    .build()
-                    .map_err(|e| Error::Config(e.to_string()))?,
+                client: http_client(config.worker.provider_timeout_ms)?,
                 url: config.worker.webhook_url.clone().ok_or_else(|| {
                     Error::Config(
                         "MSGCONTACT_WEBHOOK_URL is required for the webhook provider".into(),
@@ -144,9 +173,45 @@ impl Application {
                     )
                 })?,
             },
+            "aliyun" => {
+                let w = &config.worker;
+                let need = |v: &Option<String>, name: &str| {
+                    v.clone().ok_or_else(|| {
+                        Error::Config(format!("{name} is required for the aliyun provider"))
+                    })
+                };
+                if !matches!(w.aliyun_sms_protocol.as_str(), "http" | "https") {
+                    return Err(Error::Config(
+                        "MSGCONTACT_ALIYUN_SMS_PROTOCOL must be http or https".into(),
+                    ));
+                }
+                Provider::Aliyun {
+                    client: http_client(w.provider_timeout_ms)?,
+                    settings: provider::AliyunSettings {
+                        endpoint: w.aliyun_sms_endpoint.clone(),
+                        protocol: w.aliyun_sms_protocol.clone(),
+                        access_key_id: need(
+                            &w.aliyun_access_key_id,
+                            "MSGCONTACT_ALIYUN_ACCESS_KEY_ID",
+                        )?,
+                        access_key_secret: need(
+                            &w.aliyun_access_key_secret,
+                            "MSGCONTACT_ALIYUN_ACCESS_KEY_SECRET",
+                        )?,
+                        sign_name: need(
+                            &w.aliyun_sms_sign_name,
+                            "MSGCONTACT_ALIYUN_SMS_SIGN_NAME",
+                        )?,
+                        template_code: need(
+                            &w.aliyun_sms_template_code,
+                            "MSGCONTACT_ALIYUN_SMS_TEMPLATE_CODE",
+                        )?,
+                    },
+                }
+            }
             other => {
                 return Err(Error::Config(format!(
-                    "unknown SMS provider {other:?} (log, webhook)"
+                    "unknown SMS provider {other:?} (log, webhook, aliyun)"
                 )));
             }
         };
@@ -157,15 +222,15 @@ impl Application {
         let code_secret =
             msgcontact::db::code_secret(&db, config.infra.code_secret.as_deref()).await?;
         let amqp = msgcontact::amqp::connect(&config.infra.amqp_url, "msgcontact-worker").await?;
-        let topology = Topology::new(&config.infra.queue_prefix, config.infra.queue_max_length);
+        let topology = config.infra.topology();
         let consume_channel = amqp.create_channel().await?;
         topology.declare(&consume_channel).await?;
         // A small prefetch bounds in-flight work and keeps a crashed worker's redeliveries few.
         consume_channel
             .basic_qos(config.worker.prefetch, BasicQosOptions::default())
             .await?;
-        let dead_channel = amqp.create_channel().await?;
-        dead_channel
+        let publish_channel = amqp.create_channel().await?;
+        publish_channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
         let listener = tokio::net::TcpListener::bind(&config.worker.worker_listen).await?;
@@ -177,7 +242,8 @@ impl Application {
                 provider,
                 limiter: RateLimiter::direct(Quota::per_second(rate)),
                 topology,
-                dead_channel,
+                publish_channel,
+                shutdown: CancellationToken::new(),
             }),
             amqp: Arc::new(amqp),
             consume_channel,
@@ -244,6 +310,8 @@ impl Application {
             }
         }
         tracing::info!("stopping: finishing in-flight jobs");
+        // Jobs waiting out a database outage give their delivery back instead of holding it.
+        self.shared.shutdown.cancel();
         let _ = self
             .consume_channel
             .basic_cancel(consumer.tag(), Default::default())
@@ -285,10 +353,20 @@ async fn readyz(State(s): State<HealthState>) -> impl IntoResponse {
 /// What to do with a delivery once processing is over.
 enum Disposition {
     Ack,
-    /// Give it back to the queue (a transient infrastructure failure); the delivery limit bounds this.
+    /// Give it back to the queue (shutdown during a database outage); the delivery limit bounds this.
     Requeue,
     DeadLetter(String),
+    /// Park the job in a delay queue, then deliver it again as attempt `attempt`.
+    Retry {
+        attempt: u32,
+        level: usize,
+        delay: Duration,
+    },
 }
+
+/// Longest a delivery is held while the database is unreachable, well under the broker's consumer
+/// timeout (30 min by default); after that it goes back to the queue.
+const MAX_DB_WAIT: Duration = Duration::from_secs(600);
 
 async fn handle_delivery(shared: &Shared, delivery: Delivery) {
     let request_id = delivery
@@ -299,21 +377,39 @@ async fn handle_delivery(shared: &Shared, delivery: Delivery) {
         .unwrap_or_default();
     let traceparent =
         job::header_str(&delivery.properties, job::HEADER_TRACEPARENT).unwrap_or_default();
-    let span = tracing::info_span!("job", request_id = %request_id, traceparent = %traceparent);
+    let attempt = Ord::max(
+        job::header_u32(&delivery.properties, job::HEADER_ATTEMPT).unwrap_or(1),
+        1,
+    );
+    let span =
+        tracing::info_span!("job", request_id = %request_id, attempt, traceparent = %traceparent);
     let disposition = {
         use tracing::Instrument;
         async {
-            match SendJob::decode(&delivery.data) {
-                Err(reason) => Disposition::DeadLetter(reason),
-                Ok(job) => match process(shared, &job).await {
-                    Ok(d) => d,
+            let job = match SendJob::decode(&delivery.data) {
+                Err(reason) => return Disposition::DeadLetter(reason),
+                Ok(job) => job,
+            };
+            let ctx = JobCtx { attempt, redelivered: delivery.redelivered };
+            // The database is the source of truth: while it is unreachable, hold the delivery
+            // (no ack, no requeue loop) and retry with backoff.
+            let started = tokio::time::Instant::now();
+            let mut backoff = Duration::from_millis(200);
+            loop {
+                match process(shared, &job, &ctx).await {
+                    Ok(d) => return d,
                     Err(e) => {
-                        tracing::warn!(error = %e, "database error while processing; requeueing");
-                        // Do not spin against a database that is down.
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                        Disposition::Requeue
+                        tracing::warn!(error = %e, ?backoff, "database error while processing; will retry");
+                        if started.elapsed() > MAX_DB_WAIT {
+                            return Disposition::Requeue;
+                        }
+                        tokio::select! {
+                            _ = shared.shutdown.cancelled() => return Disposition::Requeue,
+                            _ = tokio::time::sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(10));
                     }
-                },
+                }
             }
         }
         .instrument(span.clone())
@@ -332,7 +428,20 @@ async fn handle_delivery(shared: &Shared, delivery: Delivery) {
         }
         Disposition::DeadLetter(reason) => {
             tracing::warn!(%reason, "dead-lettering message");
-            match dead_letter(shared, &delivery, &reason).await {
+            match republish(
+                shared,
+                &delivery,
+                &shared.topology.dead_letter_queue(),
+                |h| {
+                    h.insert(
+                        job::HEADER_DEAD_REASON.into(),
+                        AMQPValue::LongString(LongString::from(reason.as_str())),
+                    );
+                },
+                None,
+            )
+            .await
+            {
                 Ok(()) => delivery.ack(BasicAckOptions::default()).await,
                 // Could not park it with a reason: let the broker dead-letter it (x-death says why).
                 Err(_) => {
@@ -345,32 +454,68 @@ async fn handle_delivery(shared: &Shared, delivery: Delivery) {
                 }
             }
         }
+        Disposition::Retry {
+            attempt,
+            level,
+            delay,
+        } => {
+            let queue = shared.topology.retry_queue(level);
+            tracing::info!(next_attempt = attempt, ?delay, %queue, "scheduling a retry");
+            match republish(
+                shared,
+                &delivery,
+                &queue,
+                |h| {
+                    h.insert(job::HEADER_ATTEMPT.into(), AMQPValue::LongUInt(attempt));
+                },
+                Some(delay),
+            )
+            .await
+            {
+                Ok(()) => delivery.ack(BasicAckOptions::default()).await,
+                Err(e) => {
+                    // The request is recorded as Retrying; a redelivery will pick it up again.
+                    tracing::warn!(error = %e, "could not schedule the retry; requeueing");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    delivery
+                        .nack(BasicNackOptions {
+                            requeue: true,
+                            ..Default::default()
+                        })
+                        .await
+                }
+            }
+        }
     };
     if let Err(e) = result {
         tracing::warn!(error = %e, "could not settle delivery; the broker will redeliver it");
     }
 }
 
-async fn dead_letter(
+/// Publishes a copy of a delivery (confirmed) to another queue, with edited headers and an
+/// optional per-message expiration.
+async fn republish(
     shared: &Shared,
     delivery: &Delivery,
-    reason: &str,
+    queue: &str,
+    edit: impl FnOnce(&mut FieldTable),
+    expiration: Option<Duration>,
 ) -> Result<(), lapin::Error> {
     let mut headers = delivery.properties.headers().clone().unwrap_or_default();
-    headers.insert(
-        job::HEADER_DEAD_REASON.into(),
-        AMQPValue::LongString(LongString::from(reason)),
-    );
-    let props: BasicProperties = delivery
+    edit(&mut headers);
+    let mut props: BasicProperties = delivery
         .properties
         .clone()
         .with_headers(headers)
         .with_delivery_mode(2);
+    if let Some(e) = expiration {
+        props = props.with_expiration(e.as_millis().to_string().as_str().into());
+    }
     let confirm = shared
-        .dead_channel
+        .publish_channel
         .basic_publish(
             "".into(),
-            shared.topology.dead_letter_queue().as_str().into(),
+            queue.into(),
             BasicPublishOptions {
                 mandatory: true,
                 ..Default::default()
@@ -385,44 +530,132 @@ async fn dead_letter(
     } else {
         Err(lapin::Error::from(lapin::ErrorKind::InvalidChannelState(
             lapin::ChannelState::Error,
-            "dead-letter publish refused",
+            "republish refused by the broker",
         )))
     }
 }
 
+/// What the delivery says about the attempt it carries.
+struct JobCtx {
+    /// The attempt number this message was published for (1 = first).
+    attempt: u32,
+    /// The broker delivered it before (the previous holder died or gave it back).
+    redelivered: bool,
+}
+
 const LIVE_STATES: [&str; 3] = ["Queued", "Sending", "Retrying"];
+
+/// Writes a request's outcome, only if it is still live (an outcome is recorded once).
+struct Outcome<'a> {
+    status: SendStatus,
+    failure: Option<(&'a str, &'a str)>,
+    provider_message_id: Option<&'a str>,
+}
 
 async fn set_outcome(
     db: &DatabaseConnection,
     request_id: &str,
-    status: SendStatus,
-    failure: Option<(&str, &str)>,
-    provider_message_id: Option<&str>,
-    verification_id: Option<&str>,
+    o: Outcome<'_>,
 ) -> Result<u64, DbErr> {
     let now = now_ms();
     let mut q = send_request::Entity::update_many()
-        .col_expr(send_request::Column::Status, Expr::value(status.as_str()))
+        .col_expr(send_request::Column::Status, Expr::value(o.status.as_str()))
         .col_expr(send_request::Column::UpdatedMs, Expr::value(now))
         .filter(send_request::Column::RequestId.eq(request_id))
         .filter(send_request::Column::Status.is_in(LIVE_STATES));
-    if let Some((code, message)) = failure {
+    if let Some((code, message)) = o.failure {
         q = q
             .col_expr(send_request::Column::FailureCode, Expr::value(code))
             .col_expr(send_request::Column::FailureMessage, Expr::value(message));
     }
-    if let Some(id) = provider_message_id {
+    if let Some(id) = o.provider_message_id {
         q = q
             .col_expr(send_request::Column::ProviderMessageId, Expr::value(id))
             .col_expr(send_request::Column::SentMs, Expr::value(now));
     }
-    if let Some(v) = verification_id {
-        q = q.col_expr(send_request::Column::VerificationId, Expr::value(v));
-    }
     Ok(q.exec(db).await?.rows_affected)
 }
 
-async fn process(shared: &Shared, job: &SendJob) -> Result<Disposition, DbErr> {
+fn failed<'a>(code: &'a str, message: &'a str) -> Outcome<'a> {
+    Outcome {
+        status: SendStatus::Failed,
+        failure: Some((code, message)),
+        provider_message_id: None,
+    }
+}
+
+/// Claims the request for this delivery. Returns the claimed row, or the disposition when this
+/// delivery must not send (finished, duplicate, or out of ambiguity budget).
+async fn claim(
+    db: &DatabaseConnection,
+    req: &send_request::Model,
+    ctx: &JobCtx,
+) -> Result<Result<send_request::Model, Disposition>, DbErr> {
+    let status = SendStatus::parse(&req.status);
+    let now = now_ms();
+    let base = || {
+        send_request::Entity::update_many()
+            .col_expr(
+                send_request::Column::Status,
+                Expr::value(SendStatus::Sending.as_str()),
+            )
+            .col_expr(
+                send_request::Column::Attempts,
+                Expr::col(send_request::Column::Attempts).add(1),
+            )
+            .col_expr(send_request::Column::UpdatedMs, Expr::value(now))
+            .filter(send_request::Column::RequestId.eq(req.request_id.as_str()))
+    };
+    let claimed = match status {
+        // The normal case: each published attempt claims once; copies of it find attempts moved on.
+        Some(SendStatus::Queued | SendStatus::Retrying) => {
+            base()
+                .filter(send_request::Column::Status.is_in(["Queued", "Retrying"]))
+                .filter(send_request::Column::Attempts.lt(ctx.attempt as i32))
+                .exec(db)
+                .await?
+                .rows_affected
+        }
+        // The previous holder died mid-attempt: the SMS may or may not have gone out. One more
+        // attempt is allowed for such an ambiguous outcome; after that the request fails.
+        Some(SendStatus::Sending) if ctx.redelivered => {
+            if req.ambiguous_attempts >= 1 {
+                set_outcome(
+                    db,
+                    &req.request_id,
+                    failed(
+                        "AmbiguousDelivery",
+                        "Delivery was interrupted twice; the SMS may have been sent.",
+                    ),
+                )
+                .await?;
+                return Ok(Err(Disposition::Ack));
+            }
+            base()
+                .col_expr(
+                    send_request::Column::AmbiguousAttempts,
+                    Expr::col(send_request::Column::AmbiguousAttempts).add(1),
+                )
+                .filter(send_request::Column::Status.eq("Sending"))
+                .filter(send_request::Column::Attempts.eq(req.attempts))
+                .filter(send_request::Column::AmbiguousAttempts.eq(0))
+                .exec(db)
+                .await?
+                .rows_affected
+        }
+        _ => 0,
+    };
+    if claimed == 0 {
+        tracing::info!(status = %req.status, attempts = req.attempts, "not claimable by this delivery (duplicate or finished); acknowledging");
+        return Ok(Err(Disposition::Ack));
+    }
+    Ok(Ok(send_request::Entity::find_by_id(req.request_id.clone())
+        .one(db)
+        .await?
+        .ok_or(DbErr::RecordNotFound("claimed request".into()))?))
+}
+
+async fn process(shared: &Shared, job: &SendJob, ctx: &JobCtx) -> Result<Disposition, DbErr> {
     let db = &shared.db;
     let Some(req) = send_request::Entity::find_by_id(job.request_id.clone())
         .one(db)
@@ -435,11 +668,11 @@ async fn process(shared: &Shared, job: &SendJob) -> Result<Disposition, DbErr> {
     };
     let status = SendStatus::parse(&req.status);
     if status.is_none_or(SendStatus::is_terminal) {
-        tracing::info!(status = %req.status, "duplicate delivery of a finished request; acknowledging");
+        tracing::info!(status = %req.status, "delivery of a finished request; acknowledging");
         return Ok(Disposition::Ack);
     }
     // A newer accepted request for the same contact and number will deliver the same code.
-    if status != Some(SendStatus::Sending) {
+    if matches!(status, Some(SendStatus::Queued | SendStatus::Retrying)) {
         let newer = send_request::Entity::find()
             .filter(send_request::Column::ContactId.eq(req.contact_id.as_str()))
             .filter(send_request::Column::Phone.eq(req.phone.as_str()))
@@ -451,33 +684,21 @@ async fn process(shared: &Shared, job: &SendJob) -> Result<Disposition, DbErr> {
             set_outcome(
                 db,
                 &req.request_id,
-                SendStatus::Superseded,
-                None,
-                None,
-                None,
+                Outcome {
+                    status: SendStatus::Superseded,
+                    failure: None,
+                    provider_message_id: None,
+                },
             )
             .await?;
             tracing::info!("superseded by a newer request");
             return Ok(Disposition::Ack);
         }
     }
-    let claimed = send_request::Entity::update_many()
-        .col_expr(
-            send_request::Column::Status,
-            Expr::value(SendStatus::Sending.as_str()),
-        )
-        .col_expr(
-            send_request::Column::Attempts,
-            Expr::col(send_request::Column::Attempts).add(1),
-        )
-        .col_expr(send_request::Column::UpdatedMs, Expr::value(now_ms()))
-        .filter(send_request::Column::RequestId.eq(req.request_id.as_str()))
-        .filter(send_request::Column::Status.is_in(LIVE_STATES))
-        .exec(db)
-        .await?;
-    if claimed.rows_affected == 0 {
-        return Ok(Disposition::Ack);
-    }
+    let req = match claim(db, &req, ctx).await? {
+        Ok(r) => r,
+        Err(d) => return Ok(d),
+    };
 
     let contact = contact::Entity::find_by_id(req.contact_id.clone())
         .one(db)
@@ -496,19 +717,46 @@ async fn process(shared: &Shared, job: &SendJob) -> Result<Disposition, DbErr> {
                 "The number is no longer pending verification.",
             ),
         };
-        set_outcome(
-            db,
-            &req.request_id,
-            SendStatus::Failed,
-            Some((code, msg)),
-            None,
-            None,
-        )
-        .await?;
+        set_outcome(db, &req.request_id, failed(code, msg)).await?;
         return Ok(Disposition::Ack);
     }
 
-    let v = live_verification(shared, &req).await?;
+    // A retry sends the code of its first attempt, never a new one: if that code is no longer
+    // live, the request has nothing valid left to deliver.
+    let v = match &req.verification_id {
+        Some(vid) => {
+            let v = verification::Entity::find_by_id(vid.clone())
+                .one(db)
+                .await?;
+            match v {
+                Some(v) if v.status == vstatus::PENDING && v.expires_ms > now_ms() => v,
+                _ => {
+                    set_outcome(
+                        db,
+                        &req.request_id,
+                        failed(
+                            "CodeExpired",
+                            "The code expired before it could be delivered.",
+                        ),
+                    )
+                    .await?;
+                    return Ok(Disposition::Ack);
+                }
+            }
+        }
+        None => {
+            let v = live_verification(shared, &req).await?;
+            send_request::Entity::update_many()
+                .col_expr(
+                    send_request::Column::VerificationId,
+                    Expr::value(v.verification_id.as_str()),
+                )
+                .filter(send_request::Column::RequestId.eq(req.request_id.as_str()))
+                .exec(db)
+                .await?;
+            v
+        }
+    };
     let code = derive_code(&shared.code_secret, &v.verification_id);
     let ttl_min = shared.policy.code_ttl_secs.div_ceil(60);
     let sms = Sms {
@@ -521,43 +769,92 @@ async fn process(shared: &Shared, job: &SendJob) -> Result<Disposition, DbErr> {
     let started = std::time::Instant::now();
     let outcome = shared.provider.send(&sms).await;
     let elapsed = started.elapsed();
-    match outcome {
+    let masked = mask_phone(&req.phone);
+    let failure = match outcome {
         Ok(message_id) => {
             set_outcome(
                 db,
                 &req.request_id,
-                SendStatus::Sent,
-                None,
-                Some(&message_id),
-                Some(&v.verification_id),
+                Outcome {
+                    status: SendStatus::Sent,
+                    failure: None,
+                    provider_message_id: Some(&message_id),
+                },
             )
             .await?;
-            tracing::info!(phone = %mask_phone(&req.phone), ?elapsed, provider = shared.provider.name(), "SMS sent");
+            tracing::info!(phone = %masked, ?elapsed, provider = shared.provider.name(), "SMS sent");
+            return Ok(Disposition::Ack);
         }
-        Err(ProviderFailure {
-            class,
-            code,
-            message,
-            ..
-        }) => {
-            // Retries are not part of this pipeline yet: every provider failure is final.
-            let reason = format!("{} ({}): {message}", code, class.as_str());
-            set_outcome(
-                db,
-                &req.request_id,
-                SendStatus::Failed,
-                Some((&code, &reason)),
-                None,
-                Some(&v.verification_id),
+        Err(f) => f,
+    };
+    let ProviderFailure {
+        class,
+        code,
+        message,
+        retry_after,
+    } = failure;
+    let reason = format!("{code} ({}): {message}", class.as_str());
+    tracing::warn!(phone = %masked, class = class.as_str(), %code, ?elapsed, attempt = req.attempts, "provider failure");
+    if class == FailureClass::Permanent {
+        set_outcome(db, &req.request_id, failed(&code, &reason)).await?;
+        return Ok(Disposition::Ack);
+    }
+    if class == FailureClass::Ambiguous {
+        // The provider may have sent it: at most one more attempt.
+        let counted = send_request::Entity::update_many()
+            .col_expr(
+                send_request::Column::AmbiguousAttempts,
+                Expr::col(send_request::Column::AmbiguousAttempts).add(1),
             )
+            .filter(send_request::Column::RequestId.eq(req.request_id.as_str()))
+            .filter(send_request::Column::AmbiguousAttempts.eq(0))
+            .exec(db)
             .await?;
-            tracing::warn!(phone = %mask_phone(&req.phone), class = class.as_str(), %code, "SMS failed");
-            let _ = FailureClass::Permanent;
+        if counted.rows_affected == 0 {
+            set_outcome(db, &req.request_id, failed("AmbiguousDelivery", &reason)).await?;
+            return Ok(Disposition::Ack);
         }
     }
-    Ok(Disposition::Ack)
+    // Transient (or a first ambiguous outcome): retry after the schedule's next delay, at least
+    // as long as the provider asked, while attempts and the code's lifetime allow.
+    let delays = &shared.topology.retry_delays;
+    let done = Ord::max(req.attempts, 1) as usize;
+    if done > delays.len() {
+        set_outcome(db, &req.request_id, failed("RetriesExhausted", &reason)).await?;
+        return Ok(Disposition::Ack);
+    }
+    let wanted = retry_after.unwrap_or_default();
+    let level = (done - 1..delays.len())
+        .find(|l| delays[*l] >= wanted)
+        .unwrap_or(delays.len() - 1);
+    // Jitter (up to -20%) spreads a burst of retries; a queue's TTL caps it from above.
+    let base = delays[level];
+    let delay = base
+        .mul_f64(1.0 - rand::random::<f64>() * 0.2)
+        .max(wanted.min(base));
+    if now_ms() + delay.as_millis() as i64 >= v.expires_ms {
+        set_outcome(db, &req.request_id, failed("CodeExpired", &reason)).await?;
+        return Ok(Disposition::Ack);
+    }
+    let parked = set_outcome(
+        db,
+        &req.request_id,
+        Outcome {
+            status: SendStatus::Retrying,
+            failure: Some((&code, &reason)),
+            provider_message_id: None,
+        },
+    )
+    .await?;
+    if parked == 0 {
+        return Ok(Disposition::Ack);
+    }
+    Ok(Disposition::Retry {
+        attempt: req.attempts as u32 + 1,
+        level,
+        delay,
+    })
 }
-
 fn live_key(contact_id: &str, phone: &str) -> String {
     format!("{contact_id}/{phone}")
 }

@@ -129,6 +129,7 @@ pub async fn send_phone(
         phone: Set(phone_s.clone()),
         status: Set(SendStatus::Queued.as_str().into()),
         attempts: Set(0),
+        ambiguous_attempts: Set(0),
         failure_code: Set(None),
         failure_message: Set(None),
         provider_message_id: Set(None),
