@@ -4,6 +4,7 @@
 //! find or create the live verification → provider → record the outcome → ack. The ack comes only
 //! after the outcome is committed, so a crash anywhere means a redelivery, never a lost request.
 
+pub mod admin;
 pub mod provider;
 
 use std::{net::SocketAddr, num::NonZeroU32, path::PathBuf, sync::Arc, time::Duration};

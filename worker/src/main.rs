@@ -1,28 +1,105 @@
-//! `msgcontact-worker`: consumes send jobs and delivers verification SMS.
+//! `msgcontact-worker`: consumes send jobs and delivers verification SMS (no subcommand), or reports
+//! on the queues and manages dead letters.
 
 use anyhow::Context;
-use clap::Parser;
-use msgcontact_worker::{Application, Config};
+use clap::{Parser, Subcommand};
+use msgcontact_worker::{Application, Config, admin};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "msgcontact-worker",
-    version,
-    about = "msgcontact delivery worker"
-)]
+#[command(name = "msgcontact-worker", version, about = "msgcontact delivery worker")]
 struct Cli {
     #[command(flatten)]
     config: Config,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Queue depths, consumers, requests by state, oldest queued age and projected drain time.
+    Queues {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+        /// Refresh every two seconds until interrupted.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Dead letters.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum DlqCommand {
+    /// Shows dead letters with their reasons (they stay in the queue).
+    List {
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Moves dead letters back to the work queue.
+    Replay {
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+        /// Show what would be replayed, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Cli::parse();
     msgcontact::telemetry::init(&args.config.infra.log_format);
-    let app = Application::build(args.config)
-        .await
-        .context("starting the worker")?;
+    match args.command {
+        None => serve(args.config).await,
+        Some(cmd) => {
+            let infra = &args.config.infra;
+            let topology = infra.topology();
+            let conn = msgcontact::amqp::connect(&infra.amqp_url, "msgcontact-admin").await.context("broker")?;
+            match cmd {
+                Command::Queues { json, watch } => {
+                    let db = msgcontact::db::connect(&infra.database_url, 2).await.context("database")?;
+                    loop {
+                        let r = admin::report(&conn, &db, &topology).await?;
+                        if json {
+                            println!("{}", serde_json::to_string(&r)?);
+                        } else {
+                            if watch {
+                                print!("\x1b[2J\x1b[H");
+                            }
+                            print!("{}", admin::render_table(&r));
+                        }
+                        if !watch {
+                            break;
+                        }
+                        tokio::select! {
+                            _ = tokio::signal::ctrl_c() => break,
+                            _ = tokio::time::sleep(admin::WATCH_INTERVAL) => {}
+                        }
+                    }
+                }
+                Command::Dlq(DlqCommand::List { limit }) => {
+                    let list = admin::dlq_list(&conn, &topology, limit).await?;
+                    println!("{}", serde_json::to_string_pretty(&list)?);
+                }
+                Command::Dlq(DlqCommand::Replay { limit, dry_run }) => {
+                    let moved = admin::dlq_replay(&conn, &topology, limit, dry_run).await?;
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&serde_json::json!({ "dry_run": dry_run, "count": moved.len(), "messages": moved }))?
+                    );
+                }
+            }
+            let _ = conn.close(200, "done".into()).await;
+            Ok(())
+        }
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let app = Application::build(config).await.context("starting the worker")?;
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
     tokio::spawn(async move {

@@ -1,0 +1,206 @@
+//! Operator commands: the queue depth report and dead-letter inspection and replay.
+
+use std::time::Duration;
+
+use lapin::{
+    Connection,
+    options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions},
+    types::AMQPValue,
+};
+use msgcontact::{
+    entities::send_request,
+    job::{self, Topology},
+    time::now_ms,
+};
+use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder};
+use serde::Serialize;
+
+use crate::Error;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct QueueDepth {
+    pub queue: String,
+    /// `work`, `retry` or `dead`.
+    pub role: String,
+    /// Ready messages; `None` if the queue does not exist.
+    pub ready: Option<u32>,
+    pub consumers: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub queues: Vec<QueueDepth>,
+    /// Send requests by status.
+    pub requests: Vec<(String, u64)>,
+    pub oldest_queued_age_seconds: Option<f64>,
+    /// Requests that reached Sent in the last minute, per second.
+    pub send_rate_per_second: f64,
+    /// Backlog (work + retry queues) divided by the current send rate.
+    pub projected_drain_seconds: Option<f64>,
+}
+
+/// Reads one queue's depth with a passive declare. A missing queue closes the channel, so each
+/// probe uses a fresh one.
+pub async fn queue_depth(conn: &Connection, queue: &str) -> Result<Option<(u32, u32)>, Error> {
+    let ch = conn.create_channel().await?;
+    let r = ch
+        .queue_declare(queue.into(), QueueDeclareOptions { passive: true, ..Default::default() }, Default::default())
+        .await;
+    let out = match r {
+        Ok(q) => Some((q.message_count(), q.consumer_count())),
+        Err(_) => None,
+    };
+    if ch.status().connected() {
+        let _ = ch.close(200, "probe done".into()).await;
+    }
+    Ok(out)
+}
+
+pub async fn report(conn: &Connection, db: &DatabaseConnection, topology: &Topology) -> Result<Report, Error> {
+    let mut names = vec![(topology.work_queue(), "work")];
+    names.extend((0..topology.retry_delays.len()).map(|l| (topology.retry_queue(l), "retry")));
+    names.push((topology.dead_letter_queue(), "dead"));
+    let mut queues = Vec::new();
+    for (queue, role) in names {
+        let d = queue_depth(conn, &queue).await?;
+        queues.push(QueueDepth { queue, role: role.into(), ready: d.map(|x| x.0), consumers: d.map(|x| x.1) });
+    }
+    let mut requests = Vec::new();
+    for status in ["Queued", "Sending", "Retrying", "Sent", "Failed", "Superseded"] {
+        let n = send_request::Entity::find()
+            .filter(send_request::Column::Status.eq(status))
+            .count(db)
+            .await?;
+        requests.push((status.to_owned(), n));
+    }
+    let now = now_ms();
+    let oldest = send_request::Entity::find()
+        .filter(send_request::Column::Status.eq("Queued"))
+        .order_by_asc(send_request::Column::AcceptedMs)
+        .one(db)
+        .await?
+        .map(|r| (now - r.accepted_ms) as f64 / 1000.0);
+    let sent_last_minute = send_request::Entity::find()
+        .filter(send_request::Column::Status.eq("Sent"))
+        .filter(send_request::Column::SentMs.gte(now - 60_000))
+        .count(db)
+        .await?;
+    let rate = sent_last_minute as f64 / 60.0;
+    let backlog: u32 = queues.iter().filter(|q| q.role != "dead").filter_map(|q| q.ready).sum();
+    let drain = if backlog == 0 { Some(0.0) } else if rate > 0.0 { Some(backlog as f64 / rate) } else { None };
+    Ok(Report {
+        queues,
+        requests,
+        oldest_queued_age_seconds: oldest,
+        send_rate_per_second: rate,
+        projected_drain_seconds: drain,
+    })
+}
+
+pub fn render_table(r: &Report) -> String {
+    let mut out = String::new();
+    out.push_str(&format!("{:<48} {:>6} {:>10} {:>10}\n", "QUEUE", "ROLE", "READY", "CONSUMERS"));
+    for q in &r.queues {
+        let show = |v: Option<u32>| v.map(|n| n.to_string()).unwrap_or_else(|| "missing".into());
+        out.push_str(&format!("{:<48} {:>6} {:>10} {:>10}\n", q.queue, q.role, show(q.ready), show(q.consumers)));
+    }
+    out.push_str("\nREQUESTS ");
+    out.push_str(&r.requests.iter().map(|(s, n)| format!("{s}={n}")).collect::<Vec<_>>().join("  "));
+    out.push_str(&format!(
+        "\noldest queued: {}   send rate: {:.2}/s   projected drain: {}\n",
+        r.oldest_queued_age_seconds.map(|s| format!("{s:.1}s")).unwrap_or_else(|| "-".into()),
+        r.send_rate_per_second,
+        r.projected_drain_seconds.map(|s| format!("{s:.0}s")).unwrap_or_else(|| "unknown (nothing sent in the last minute)".into()),
+    ));
+    out
+}
+
+/// One dead letter, as `dlq list` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeadLetter {
+    pub request_id: Option<String>,
+    pub reason: String,
+    pub body: String,
+}
+
+fn describe(d: &lapin::message::Delivery) -> DeadLetter {
+    let props = &d.properties;
+    let reason = job::header_str(props, job::HEADER_DEAD_REASON).or_else(|| {
+        // Dead-lettered by the broker itself (delivery limit, rejection): x-death says why.
+        let deaths = props.headers().as_ref()?.inner().get("x-death")?.clone();
+        if let AMQPValue::FieldArray(a) = deaths
+            && let Some(AMQPValue::FieldTable(t)) = a.as_slice().first()
+            && let Some(AMQPValue::LongString(r)) = t.inner().get("reason")
+        {
+            return Some(format!("broker: {}", String::from_utf8_lossy(r.as_bytes())));
+        }
+        None
+    });
+    DeadLetter {
+        request_id: props.message_id().as_ref().map(|m| m.to_string()),
+        reason: reason.unwrap_or_else(|| "unknown".into()),
+        body: String::from_utf8_lossy(&d.data).chars().take(200).collect(),
+    }
+}
+
+/// Lists up to `limit` dead letters without removing them.
+pub async fn dlq_list(conn: &Connection, topology: &Topology, limit: usize) -> Result<Vec<DeadLetter>, Error> {
+    let ch = conn.create_channel().await?;
+    let mut out = Vec::new();
+    while out.len() < limit {
+        match ch.basic_get(topology.dead_letter_queue().as_str().into(), BasicGetOptions { no_ack: false }).await? {
+            Some(m) => out.push(describe(&m.delivery)),
+            None => break,
+        }
+    }
+    // Closing the channel returns every message we held, unacknowledged, to the queue.
+    let _ = ch.close(200, "listed".into()).await;
+    Ok(out)
+}
+
+/// Moves up to `limit` dead letters back to the work queue (confirmed before each is removed).
+/// With `dry_run`, only reports what would move.
+pub async fn dlq_replay(conn: &Connection, topology: &Topology, limit: usize, dry_run: bool) -> Result<Vec<DeadLetter>, Error> {
+    if dry_run {
+        return dlq_list(conn, topology, limit).await;
+    }
+    let ch = conn.create_channel().await?;
+    ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    let mut moved = Vec::new();
+    while moved.len() < limit {
+        let Some(m) = ch.basic_get(topology.dead_letter_queue().as_str().into(), BasicGetOptions { no_ack: false }).await? else {
+            break;
+        };
+        let d = m.delivery;
+        let mut headers = d.properties.headers().clone().unwrap_or_default();
+        let mut clean = lapin::types::FieldTable::default();
+        for (k, v) in headers.inner() {
+            if k.as_str() != job::HEADER_DEAD_REASON && !k.as_str().starts_with("x-death") && !k.as_str().starts_with("x-first-death") && !k.as_str().starts_with("x-last-death") {
+                clean.insert(k.clone(), v.clone());
+            }
+        }
+        headers = clean;
+        let confirm = ch
+            .basic_publish(
+                "".into(),
+                topology.work_queue().as_str().into(),
+                BasicPublishOptions { mandatory: true, ..Default::default() },
+                &d.data,
+                d.properties.clone().with_headers(headers),
+            )
+            .await?
+            .await?;
+        if confirm.is_ack() && confirm.take_message().is_none() {
+            moved.push(describe(&d));
+            d.ack(BasicAckOptions::default()).await?;
+        } else {
+            d.nack(BasicNackOptions { requeue: true, ..Default::default() }).await?;
+            return Err(Error::Config("the work queue refused a replayed message (full?)".into()));
+        }
+    }
+    let _ = ch.close(200, "replayed".into()).await;
+    Ok(moved)
+}
+
+/// How often `queues --watch` refreshes.
+pub const WATCH_INTERVAL: Duration = Duration::from_secs(2);
