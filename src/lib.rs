@@ -11,6 +11,7 @@ pub mod domain;
 pub mod entities;
 pub mod error;
 pub mod job;
+pub mod metrics;
 pub mod signing;
 pub mod status;
 pub mod telemetry;

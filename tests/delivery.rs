@@ -414,36 +414,87 @@ async fn jobs_survive_a_worker_restart_mid_batch(backend: Backend) {
 
 async fn dead_letters_can_be_listed_and_replayed(backend: Backend) {
     use lapin::options::{BasicAckOptions, BasicGetOptions};
-    let mut app = TestApp::spawn_with(backend, Options { worker: false, ..aliyun() }).await;
+    let mut app = TestApp::spawn_with(
+        backend,
+        Options {
+            worker: false,
+            ..aliyun()
+        },
+    )
+    .await;
     let id = app.add_contact("dlq", Some(PHONE)).await;
     let rid = send(&app, &id).await;
     // Park the accepted job in the dead-letter queue, as a crash loop would.
-    let conn = msgcontact::amqp::connect(&common::amqp_url(), "test-dlq").await.unwrap();
-    let ch = conn.create_channel().await.unwrap();
-    ch.confirm_select(Default::default()).await.unwrap();
-    let m = ch.basic_get(app.work_queue().as_str().into(), BasicGetOptions::default()).await.unwrap().unwrap();
-    let dlq = format!("{}.send.dead", app.prefix);
-    let mut headers = m.delivery.properties.headers().clone().unwrap_or_default();
-    headers.insert(msgcontact::job::HEADER_DEAD_REASON.into(), lapin::types::AMQPValue::LongString("crashed 10 times".into()));
-    ch.basic_publish("".into(), dlq.as_str().into(), Default::default(), &m.delivery.data, m.delivery.properties.clone().with_headers(headers))
-        .await
-        .unwrap()
+    let conn = msgcontact::amqp::connect(&common::amqp_url(), "test-dlq")
         .await
         .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    ch.confirm_select(Default::default()).await.unwrap();
+    let m = ch
+        .basic_get(app.work_queue().as_str().into(), BasicGetOptions::default())
+        .await
+        .unwrap()
+        .unwrap();
+    let dlq = format!("{}.send.dead", app.prefix);
+    let mut headers = m.delivery.properties.headers().clone().unwrap_or_default();
+    headers.insert(
+        msgcontact::job::HEADER_DEAD_REASON.into(),
+        lapin::types::AMQPValue::LongString("crashed 10 times".into()),
+    );
+    ch.basic_publish(
+        "".into(),
+        dlq.as_str().into(),
+        Default::default(),
+        &m.delivery.data,
+        m.delivery.properties.clone().with_headers(headers),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
     m.delivery.ack(BasicAckOptions::default()).await.unwrap();
     let topology = common::infra(&app.db_url, &app.prefix, 100_000).topology();
 
-    let listed = msgcontact_worker::admin::dlq_list(&conn, &topology, 10).await.unwrap();
+    let listed = msgcontact_worker::admin::dlq_list(&conn, &topology, 10)
+        .await
+        .unwrap();
     assert_eq!(listed.len(), 1);
-    assert_eq!((listed[0].request_id.as_deref(), listed[0].reason.as_str()), (Some(rid.as_str()), "crashed 10 times"));
+    assert_eq!(
+        (listed[0].request_id.as_deref(), listed[0].reason.as_str()),
+        (Some(rid.as_str()), "crashed 10 times")
+    );
     assert_eq!(depth(&dlq).await, 1, "listing leaves dead letters in place");
-    let dry = msgcontact_worker::admin::dlq_replay(&conn, &topology, 10, true).await.unwrap();
-    assert_eq!((dry.len(), depth(&dlq).await, depth(&app.work_queue()).await), (1, 1, 0));
-    let moved = msgcontact_worker::admin::dlq_replay(&conn, &topology, 10, false).await.unwrap();
-    assert_eq!((moved.len(), depth(&dlq).await, depth(&app.work_queue()).await), (1, 0, 1));
-    let report = msgcontact_worker::admin::report(&conn, &app.db, &topology).await.unwrap();
+    let dry = msgcontact_worker::admin::dlq_replay(&conn, &topology, 10, true)
+        .await
+        .unwrap();
+    assert_eq!(
+        (dry.len(), depth(&dlq).await, depth(&app.work_queue()).await),
+        (1, 1, 0)
+    );
+    let moved = msgcontact_worker::admin::dlq_replay(&conn, &topology, 10, false)
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            moved.len(),
+            depth(&dlq).await,
+            depth(&app.work_queue()).await
+        ),
+        (1, 0, 1)
+    );
+    let report = msgcontact_worker::admin::report(&conn, &app.db, &topology)
+        .await
+        .unwrap();
     assert_eq!(report.queues[0].ready, Some(1));
-    assert_eq!(report.requests.iter().find(|(s, _)| s == "Queued").unwrap().1, 1);
+    assert_eq!(
+        report
+            .requests
+            .iter()
+            .find(|(s, _)| s == "Queued")
+            .unwrap()
+            .1,
+        1
+    );
     assert!(report.oldest_queued_age_seconds.is_some());
     assert!(msgcontact_worker::admin::render_table(&report).contains(&app.work_queue()));
     let _ = conn.close(200, "bye".into()).await;

@@ -105,10 +105,13 @@ pub async fn write_txn(db: &DatabaseConnection) -> Result<DatabaseTransaction, A
 pub struct Application {
     listener: tokio::net::TcpListener,
     state: Arc<AppState>,
+    amqp_url: String,
+    topology: msgcontact::job::Topology,
 }
 
 impl Application {
     pub async fn build(config: Config) -> Result<Self, Error> {
+        msgcontact::metrics::handle();
         let db =
             msgcontact::db::connect(&config.infra.database_url, config.infra.database_pool).await?;
         let code_secret =
@@ -128,6 +131,8 @@ impl Application {
         let listener = tokio::net::TcpListener::bind(&config.api.api_listen).await?;
         Ok(Self {
             listener,
+            amqp_url: config.infra.amqp_url.clone(),
+            topology,
             state: Arc::new(AppState {
                 db,
                 policy: config.policy,
@@ -166,12 +171,19 @@ impl Application {
                 }
             }
         });
+        let poller = tokio::spawn(msgcontact_worker::admin::poll_depths(
+            self.amqp_url.clone(),
+            state.db.clone(),
+            self.topology.clone(),
+            shutdown.clone(),
+        ));
         let app = router(state.clone());
         tracing::info!(addr = %self.local_addr(), "API listening");
         axum::serve(self.listener, app)
             .with_graceful_shutdown(shutdown.cancelled_owned())
             .await?;
         purger.abort();
+        let _ = poller.await;
         let _ = state.amqp.close(200, "shutdown".into()).await;
         tracing::info!("API stopped");
         Ok(())
@@ -182,6 +194,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(|| async { msgcontact::metrics::render() }))
         .fallback(rpc)
         .with_state(state)
 }
@@ -234,6 +247,7 @@ fn render(
 }
 
 async fn rpc(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    let started = std::time::Instant::now();
     let request_id = RequestId::new();
     let host = req
         .headers()
@@ -244,10 +258,20 @@ async fn rpc(State(state): State<Arc<AppState>>, req: Request) -> Response {
     let span = tracing::info_span!("rpc", request_id = %request_id, action = tracing::field::Empty);
     let _enter = span.enter();
     drop(_enter);
-    let result = handle(&state, req, request_id, &span).await;
-    if let Err(e) = &result {
-        span.in_scope(|| tracing::info!(code = %e.code(), status = e.status(), "request failed"));
-    }
+    let mut action = "Unknown";
+    let result = handle(&state, req, request_id, &span, &mut action).await;
+    let code = match &result {
+        Ok(_) => std::borrow::Cow::Borrowed("OK"),
+        Err(e) => {
+            span.in_scope(
+                || tracing::info!(code = %e.code(), status = e.status(), "request failed"),
+            );
+            e.code()
+        }
+    };
+    metrics::counter!(msgcontact::metrics::API_REQUESTS, "action" => action, "code" => code.into_owned()).increment(1);
+    metrics::histogram!(msgcontact::metrics::API_DURATION, "action" => action)
+        .record(started.elapsed().as_secs_f64());
     render(request_id, &host, result)
 }
 
@@ -256,6 +280,7 @@ async fn handle(
     req: Request,
     request_id: RequestId,
     span: &tracing::Span,
+    action_label: &mut &'static str,
 ) -> Result<serde_json::Map<String, Value>, ApiError> {
     let (parts, body) = req.into_parts();
     if parts.method != Method::POST && parts.method != Method::GET {
@@ -283,6 +308,9 @@ async fn handle(
         .ok_or(ApiError::MissingAction)?
         .to_owned();
     span.record("action", action.as_str());
+    if let Some(known) = ops::ACTIONS.iter().find(|a| **a == action) {
+        *action_label = known;
+    }
     let version = parts
         .headers
         .get("x-acs-version")

@@ -83,9 +83,19 @@ impl Publisher {
             }
             Ok(())
         };
-        tokio::time::timeout(self.confirm_timeout, fut)
+        let result = tokio::time::timeout(self.confirm_timeout, fut)
             .await
-            .map_err(|_| PublishError::Timeout(self.confirm_timeout))?
+            .map_err(|_| PublishError::Timeout(self.confirm_timeout))
+            .and_then(|r| r);
+        let label = match &result {
+            Ok(()) => "ack",
+            Err(PublishError::Nacked) => "nack",
+            Err(PublishError::Unroutable) => "unroutable",
+            Err(PublishError::Timeout(_)) => "timeout",
+            Err(PublishError::Broker(_)) => "error",
+        };
+        metrics::counter!(msgcontact::metrics::PUBLISH_CONFIRMS, "result" => label).increment(1);
+        result
     }
 
     pub fn is_ready(&self) -> bool {

@@ -194,6 +194,7 @@ pub struct TestApp {
     worker_shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
     worker_task: Option<JoinHandle<()>>,
+    pub worker_addr: Option<SocketAddr>,
     pg_database: Option<String>,
     _dir: Option<TempDir>,
     http: reqwest::Client,
@@ -328,6 +329,7 @@ impl TestApp {
             worker_shutdown: CancellationToken::new(),
             tasks,
             worker_task: None,
+            worker_addr: None,
             pg_database,
             _dir: dir,
             http: reqwest::Client::new(),
@@ -378,6 +380,7 @@ impl TestApp {
         })
         .await
         .expect("worker failed to start");
+        self.worker_addr = Some(worker.local_addr());
         let stop = self.worker_shutdown.clone();
         self.worker_task = Some(tokio::spawn(async move {
             worker.run_until_stopped(stop).await.unwrap();

@@ -4,7 +4,10 @@ use std::time::Duration;
 
 use lapin::{
     Connection,
-    options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions},
+    options::{
+        BasicAckOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions,
+        ConfirmSelectOptions, QueueDeclareOptions,
+    },
     types::AMQPValue,
 };
 use msgcontact::{
@@ -12,7 +15,9 @@ use msgcontact::{
     job::{self, Topology},
     time::now_ms,
 };
-use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder};
+use sea_orm::{
+    ColumnTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
+};
 use serde::Serialize;
 
 use crate::Error;
@@ -44,7 +49,14 @@ pub struct Report {
 pub async fn queue_depth(conn: &Connection, queue: &str) -> Result<Option<(u32, u32)>, Error> {
     let ch = conn.create_channel().await?;
     let r = ch
-        .queue_declare(queue.into(), QueueDeclareOptions { passive: true, ..Default::default() }, Default::default())
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            Default::default(),
+        )
         .await;
     let out = match r {
         Ok(q) => Some((q.message_count(), q.consumer_count())),
@@ -56,17 +68,33 @@ pub async fn queue_depth(conn: &Connection, queue: &str) -> Result<Option<(u32, 
     Ok(out)
 }
 
-pub async fn report(conn: &Connection, db: &DatabaseConnection, topology: &Topology) -> Result<Report, Error> {
+pub async fn report(
+    conn: &Connection,
+    db: &DatabaseConnection,
+    topology: &Topology,
+) -> Result<Report, Error> {
     let mut names = vec![(topology.work_queue(), "work")];
     names.extend((0..topology.retry_delays.len()).map(|l| (topology.retry_queue(l), "retry")));
     names.push((topology.dead_letter_queue(), "dead"));
     let mut queues = Vec::new();
     for (queue, role) in names {
         let d = queue_depth(conn, &queue).await?;
-        queues.push(QueueDepth { queue, role: role.into(), ready: d.map(|x| x.0), consumers: d.map(|x| x.1) });
+        queues.push(QueueDepth {
+            queue,
+            role: role.into(),
+            ready: d.map(|x| x.0),
+            consumers: d.map(|x| x.1),
+        });
     }
     let mut requests = Vec::new();
-    for status in ["Queued", "Sending", "Retrying", "Sent", "Failed", "Superseded"] {
+    for status in [
+        "Queued",
+        "Sending",
+        "Retrying",
+        "Sent",
+        "Failed",
+        "Superseded",
+    ] {
         let n = send_request::Entity::find()
             .filter(send_request::Column::Status.eq(status))
             .count(db)
@@ -86,8 +114,18 @@ pub async fn report(conn: &Connection, db: &DatabaseConnection, topology: &Topol
         .count(db)
         .await?;
     let rate = sent_last_minute as f64 / 60.0;
-    let backlog: u32 = queues.iter().filter(|q| q.role != "dead").filter_map(|q| q.ready).sum();
-    let drain = if backlog == 0 { Some(0.0) } else if rate > 0.0 { Some(backlog as f64 / rate) } else { None };
+    let backlog: u32 = queues
+        .iter()
+        .filter(|q| q.role != "dead")
+        .filter_map(|q| q.ready)
+        .sum();
+    let drain = if backlog == 0 {
+        Some(0.0)
+    } else if rate > 0.0 {
+        Some(backlog as f64 / rate)
+    } else {
+        None
+    };
     Ok(Report {
         queues,
         requests,
@@ -99,18 +137,37 @@ pub async fn report(conn: &Connection, db: &DatabaseConnection, topology: &Topol
 
 pub fn render_table(r: &Report) -> String {
     let mut out = String::new();
-    out.push_str(&format!("{:<48} {:>6} {:>10} {:>10}\n", "QUEUE", "ROLE", "READY", "CONSUMERS"));
+    out.push_str(&format!(
+        "{:<48} {:>6} {:>10} {:>10}\n",
+        "QUEUE", "ROLE", "READY", "CONSUMERS"
+    ));
     for q in &r.queues {
         let show = |v: Option<u32>| v.map(|n| n.to_string()).unwrap_or_else(|| "missing".into());
-        out.push_str(&format!("{:<48} {:>6} {:>10} {:>10}\n", q.queue, q.role, show(q.ready), show(q.consumers)));
+        out.push_str(&format!(
+            "{:<48} {:>6} {:>10} {:>10}\n",
+            q.queue,
+            q.role,
+            show(q.ready),
+            show(q.consumers)
+        ));
     }
     out.push_str("\nREQUESTS ");
-    out.push_str(&r.requests.iter().map(|(s, n)| format!("{s}={n}")).collect::<Vec<_>>().join("  "));
+    out.push_str(
+        &r.requests
+            .iter()
+            .map(|(s, n)| format!("{s}={n}"))
+            .collect::<Vec<_>>()
+            .join("  "),
+    );
     out.push_str(&format!(
         "\noldest queued: {}   send rate: {:.2}/s   projected drain: {}\n",
-        r.oldest_queued_age_seconds.map(|s| format!("{s:.1}s")).unwrap_or_else(|| "-".into()),
+        r.oldest_queued_age_seconds
+            .map(|s| format!("{s:.1}s"))
+            .unwrap_or_else(|| "-".into()),
         r.send_rate_per_second,
-        r.projected_drain_seconds.map(|s| format!("{s:.0}s")).unwrap_or_else(|| "unknown (nothing sent in the last minute)".into()),
+        r.projected_drain_seconds
+            .map(|s| format!("{s:.0}s"))
+            .unwrap_or_else(|| "unknown (nothing sent in the last minute)".into()),
     ));
     out
 }
@@ -144,11 +201,21 @@ fn describe(d: &lapin::message::Delivery) -> DeadLetter {
 }
 
 /// Lists up to `limit` dead letters without removing them.
-pub async fn dlq_list(conn: &Connection, topology: &Topology, limit: usize) -> Result<Vec<DeadLetter>, Error> {
+pub async fn dlq_list(
+    conn: &Connection,
+    topology: &Topology,
+    limit: usize,
+) -> Result<Vec<DeadLetter>, Error> {
     let ch = conn.create_channel().await?;
     let mut out = Vec::new();
     while out.len() < limit {
-        match ch.basic_get(topology.dead_letter_queue().as_str().into(), BasicGetOptions { no_ack: false }).await? {
+        match ch
+            .basic_get(
+                topology.dead_letter_queue().as_str().into(),
+                BasicGetOptions { no_ack: false },
+            )
+            .await?
+        {
             Some(m) => out.push(describe(&m.delivery)),
             None => break,
         }
@@ -160,7 +227,12 @@ pub async fn dlq_list(conn: &Connection, topology: &Topology, limit: usize) -> R
 
 /// Moves up to `limit` dead letters back to the work queue (confirmed before each is removed).
 /// With `dry_run`, only reports what would move.
-pub async fn dlq_replay(conn: &Connection, topology: &Topology, limit: usize, dry_run: bool) -> Result<Vec<DeadLetter>, Error> {
+pub async fn dlq_replay(
+    conn: &Connection,
+    topology: &Topology,
+    limit: usize,
+    dry_run: bool,
+) -> Result<Vec<DeadLetter>, Error> {
     if dry_run {
         return dlq_list(conn, topology, limit).await;
     }
@@ -168,14 +240,24 @@ pub async fn dlq_replay(conn: &Connection, topology: &Topology, limit: usize, dr
     ch.confirm_select(ConfirmSelectOptions::default()).await?;
     let mut moved = Vec::new();
     while moved.len() < limit {
-        let Some(m) = ch.basic_get(topology.dead_letter_queue().as_str().into(), BasicGetOptions { no_ack: false }).await? else {
+        let Some(m) = ch
+            .basic_get(
+                topology.dead_letter_queue().as_str().into(),
+                BasicGetOptions { no_ack: false },
+            )
+            .await?
+        else {
             break;
         };
         let d = m.delivery;
         let mut headers = d.properties.headers().clone().unwrap_or_default();
         let mut clean = lapin::types::FieldTable::default();
         for (k, v) in headers.inner() {
-            if k.as_str() != job::HEADER_DEAD_REASON && !k.as_str().starts_with("x-death") && !k.as_str().starts_with("x-first-death") && !k.as_str().starts_with("x-last-death") {
+            if k.as_str() != job::HEADER_DEAD_REASON
+                && !k.as_str().starts_with("x-death")
+                && !k.as_str().starts_with("x-first-death")
+                && !k.as_str().starts_with("x-last-death")
+            {
                 clean.insert(k.clone(), v.clone());
             }
         }
@@ -184,7 +266,10 @@ pub async fn dlq_replay(conn: &Connection, topology: &Topology, limit: usize, dr
             .basic_publish(
                 "".into(),
                 topology.work_queue().as_str().into(),
-                BasicPublishOptions { mandatory: true, ..Default::default() },
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
                 &d.data,
                 d.properties.clone().with_headers(headers),
             )
@@ -194,8 +279,14 @@ pub async fn dlq_replay(conn: &Connection, topology: &Topology, limit: usize, dr
             moved.push(describe(&d));
             d.ack(BasicAckOptions::default()).await?;
         } else {
-            d.nack(BasicNackOptions { requeue: true, ..Default::default() }).await?;
-            return Err(Error::Config("the work queue refused a replayed message (full?)".into()));
+            d.nack(BasicNackOptions {
+                requeue: true,
+                ..Default::default()
+            })
+            .await?;
+            return Err(Error::Config(
+                "the work queue refused a replayed message (full?)".into(),
+            ));
         }
     }
     let _ = ch.close(200, "replayed".into()).await;
@@ -204,3 +295,58 @@ pub async fn dlq_replay(conn: &Connection, topology: &Topology, limit: usize, dr
 
 /// How often `queues --watch` refreshes.
 pub const WATCH_INTERVAL: Duration = Duration::from_secs(2);
+
+/// How often the depth poller refreshes the queue gauges.
+pub const POLL_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Publishes the report as gauges every few seconds until `stop` fires. Uses its own connection,
+/// re-established after errors, so monitoring never disturbs publishing or consuming.
+pub async fn poll_depths(
+    amqp_url: String,
+    db: DatabaseConnection,
+    topology: Topology,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let mut conn: Option<Connection> = None;
+    loop {
+        let poll = async {
+            if conn.as_ref().is_none_or(|c| !c.status().connected()) {
+                conn = msgcontact::amqp::connect(&amqp_url, "msgcontact-monitor")
+                    .await
+                    .ok();
+            }
+            let Some(c) = &conn else { return };
+            match report(c, &db, &topology).await {
+                Ok(r) => publish_gauges(&r),
+                Err(e) => tracing::debug!(error = %e, "depth poll failed"),
+            }
+        };
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = poll => {}
+        }
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(POLL_INTERVAL) => {}
+        }
+    }
+    if let Some(c) = conn {
+        let _ = c.close(200, "monitor stopped".into()).await;
+    }
+}
+
+fn publish_gauges(r: &Report) {
+    use msgcontact::metrics as m;
+    for q in &r.queues {
+        if let (Some(ready), Some(consumers)) = (q.ready, q.consumers) {
+            metrics::gauge!(m::QUEUE_READY, "queue" => q.queue.clone(), "role" => q.role.clone())
+                .set(ready as f64);
+            metrics::gauge!(m::QUEUE_CONSUMERS, "queue" => q.queue.clone(), "role" => q.role.clone()).set(consumers as f64);
+        }
+    }
+    for (status, n) in &r.requests {
+        metrics::gauge!(m::REQUESTS_BY_STATUS, "status" => status.clone()).set(*n as f64);
+    }
+    metrics::gauge!(m::OLDEST_QUEUED_AGE).set(r.oldest_queued_age_seconds.unwrap_or(0.0));
+    metrics::gauge!(m::SEND_RATE).set(r.send_rate_per_second);
+}

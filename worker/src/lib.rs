@@ -144,6 +144,7 @@ pub struct Application {
     consume_channel: Channel,
     listener: tokio::net::TcpListener,
     prefetch: u16,
+    amqp_url: String,
 }
 
 fn http_client(timeout_ms: u64) -> Result<reqwest::Client, Error> {
@@ -216,6 +217,7 @@ impl Application {
                 )));
             }
         };
+        msgcontact::metrics::handle();
         let rate = NonZeroU32::new(config.worker.provider_rate)
             .ok_or_else(|| Error::Config("MSGCONTACT_PROVIDER_RATE must be at least 1".into()))?;
         let db =
@@ -250,6 +252,7 @@ impl Application {
             consume_channel,
             listener,
             prefetch: config.worker.prefetch,
+            amqp_url: config.infra.amqp_url.clone(),
         })
     }
 
@@ -268,7 +271,14 @@ impl Application {
         let app = Router::new()
             .route("/healthz", get(|| async { "ok" }))
             .route("/readyz", get(readyz))
+            .route("/metrics", get(|| async { msgcontact::metrics::render() }))
             .with_state(health);
+        let poller = tokio::spawn(admin::poll_depths(
+            self.amqp_url.clone(),
+            self.shared.db.clone(),
+            self.shared.topology.clone(),
+            shutdown.clone(),
+        ));
         let http_stop = shutdown.clone();
         let http = tokio::spawn(
             axum::serve(self.listener, app)
@@ -326,6 +336,7 @@ impl Application {
         }
         let _ = self.amqp.close(200, "shutdown".into()).await;
         let _ = http.await;
+        let _ = poller.await;
         tracing::info!("worker stopped");
         Ok(())
     }
@@ -429,6 +440,7 @@ async fn handle_delivery(shared: &Shared, delivery: Delivery) {
         }
         Disposition::DeadLetter(reason) => {
             tracing::warn!(%reason, "dead-lettering message");
+            metrics::counter!(msgcontact::metrics::JOBS, "outcome" => "DeadLettered").increment(1);
             match republish(
                 shared,
                 &delivery,
@@ -554,6 +566,23 @@ struct Outcome<'a> {
 }
 
 async fn set_outcome(
+    db: &DatabaseConnection,
+    request_id: &str,
+    o: Outcome<'_>,
+) -> Result<u64, DbErr> {
+    let status = o.status;
+    let code = o.failure.map(|f| f.0.to_owned());
+    let n = write_outcome(db, request_id, o).await?;
+    if n > 0 {
+        metrics::counter!(msgcontact::metrics::JOBS, "outcome" => status.as_str()).increment(1);
+        if let (SendStatus::Failed, Some(code)) = (status, code) {
+            metrics::counter!("msgcontact_jobs_failed_total", "code" => code).increment(1);
+        }
+    }
+    Ok(n)
+}
+
+async fn write_outcome(
     db: &DatabaseConnection,
     request_id: &str,
     o: Outcome<'_>,
@@ -766,10 +795,19 @@ async fn process(shared: &Shared, job: &SendJob, ctx: &JobCtx) -> Result<Disposi
         message: format!("Your verification code is {code}. It is valid for {ttl_min} minutes."),
         code,
     };
+    let waited = std::time::Instant::now();
     shared.limiter.until_ready().await;
+    metrics::histogram!(msgcontact::metrics::RATE_LIMIT_WAIT)
+        .record(waited.elapsed().as_secs_f64());
     let started = std::time::Instant::now();
     let outcome = shared.provider.send(&sms).await;
     let elapsed = started.elapsed();
+    let class = match &outcome {
+        Ok(_) => "ok",
+        Err(f) => f.class.as_str(),
+    };
+    metrics::histogram!(msgcontact::metrics::PROVIDER_DURATION, "provider" => shared.provider.name(), "class" => class)
+        .record(elapsed.as_secs_f64());
     let masked = mask_phone(&req.phone);
     let failure = match outcome {
         Ok(message_id) => {

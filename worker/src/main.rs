@@ -7,7 +7,11 @@ use msgcontact_worker::{Application, Config, admin};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser, Debug)]
-#[command(name = "msgcontact-worker", version, about = "msgcontact delivery worker")]
+#[command(
+    name = "msgcontact-worker",
+    version,
+    about = "msgcontact delivery worker"
+)]
 struct Cli {
     #[command(flatten)]
     config: Config,
@@ -57,10 +61,14 @@ async fn main() -> anyhow::Result<()> {
         Some(cmd) => {
             let infra = &args.config.infra;
             let topology = infra.topology();
-            let conn = msgcontact::amqp::connect(&infra.amqp_url, "msgcontact-admin").await.context("broker")?;
+            let conn = msgcontact::amqp::connect(&infra.amqp_url, "msgcontact-admin")
+                .await
+                .context("broker")?;
             match cmd {
                 Command::Queues { json, watch } => {
-                    let db = msgcontact::db::connect(&infra.database_url, 2).await.context("database")?;
+                    let db = msgcontact::db::connect(&infra.database_url, 2)
+                        .await
+                        .context("database")?;
                     loop {
                         let r = admin::report(&conn, &db, &topology).await?;
                         if json {
@@ -88,7 +96,9 @@ async fn main() -> anyhow::Result<()> {
                     let moved = admin::dlq_replay(&conn, &topology, limit, dry_run).await?;
                     println!(
                         "{}",
-                        serde_json::to_string_pretty(&serde_json::json!({ "dry_run": dry_run, "count": moved.len(), "messages": moved }))?
+                        serde_json::to_string_pretty(
+                            &serde_json::json!({ "dry_run": dry_run, "count": moved.len(), "messages": moved })
+                        )?
                     );
                 }
             }
@@ -99,7 +109,9 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
-    let app = Application::build(config).await.context("starting the worker")?;
+    let app = Application::build(config)
+        .await
+        .context("starting the worker")?;
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
     tokio::spawn(async move {

@@ -11,6 +11,24 @@ use serde_json::{Map, Value};
 
 use crate::{AppState, params::Params};
 
+/// Every action served; anything else is labelled `Unknown` in metrics to bound cardinality.
+pub const ACTIONS: &[&str] = &[
+    "AddMessageContact",
+    "UpdateMessageContact",
+    "DeleteMessageContact",
+    "GetMessageContact",
+    "ListMessageContacts",
+    "ListMessageContactVerifications",
+    "CancelMessageContactUpdate",
+    "GetMessageContactDeletionStatus",
+    "AssociateMembers",
+    "DisassociateMembers",
+    "SendPhoneVerificationForMessageContact",
+    "SendEmailVerificationForMessageContact",
+    "CheckPhoneVerificationForMessageContact",
+    "GetVerificationRequest",
+];
+
 pub type OpResult = Result<Map<String, Value>, ApiError>;
 
 /// Runs the named operation; unknown names are `InvalidAction.NotFound`.

@@ -1,0 +1,46 @@
+//! Prometheus metrics: one recorder per process, rendered by `/metrics` on the API and the worker.
+//!
+//! Metric names are an interface (dashboards and alerts depend on them); they are all spelled here.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const API_REQUESTS: &str = "msgcontact_api_requests_total";
+pub const API_DURATION: &str = "msgcontact_api_request_duration_seconds";
+pub const PUBLISH_CONFIRMS: &str = "msgcontact_publish_confirms_total";
+pub const QUEUE_READY: &str = "msgcontact_queue_messages_ready";
+pub const QUEUE_CONSUMERS: &str = "msgcontact_queue_consumers";
+pub const JOBS: &str = "msgcontact_jobs_total";
+pub const PROVIDER_DURATION: &str = "msgcontact_provider_request_duration_seconds";
+pub const RATE_LIMIT_WAIT: &str = "msgcontact_rate_limit_wait_seconds";
+pub const OLDEST_QUEUED_AGE: &str = "msgcontact_oldest_queued_request_age_seconds";
+pub const REQUESTS_BY_STATUS: &str = "msgcontact_send_requests";
+pub const SEND_RATE: &str = "msgcontact_send_rate_per_second";
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide recorder on first use and returns the handle that renders it.
+pub fn handle() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            // Latency histograms: 1 ms to 30 s covers an accept path and a slow provider.
+            let buckets = [
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ];
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &buckets)
+                .expect("non-empty buckets")
+                .build_recorder();
+            let handle = recorder.handle();
+            // A recorder installed by someone else (tests embedding several apps) is kept.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+/// Renders the Prometheus text exposition.
+pub fn render() -> String {
+    handle().render()
+}
