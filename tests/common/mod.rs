@@ -578,10 +578,11 @@ impl TestApp {
         if let Ok(conn) = msgcontact::amqp::connect(&amqp_url(), "test-cleanup").await
             && let Ok(ch) = conn.create_channel().await
         {
-            for q in [
-                format!("{}.send", self.prefix),
-                format!("{}.send.dead", self.prefix),
-            ] {
+            let topology =
+                infra(&self.db_url, &self.prefix, self.options.queue_max_length).topology();
+            let mut queues = vec![topology.work_queue(), topology.dead_letter_queue()];
+            queues.extend((0..topology.retry_delays.len()).map(|l| topology.retry_queue(l)));
+            for q in queues {
                 let _ = ch.queue_delete(q.as_str().into(), Default::default()).await;
             }
             let _ = conn.close(200, "bye".into()).await;
