@@ -5,7 +5,8 @@ use tracing_subscriber::{EnvFilter, fmt};
 
 /// Installs the global subscriber once; later calls (tests starting several apps) are no-ops.
 pub fn init(format: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,sea_orm_migration=warn"));
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,sea_orm_migration=warn"));
     let _ = if format == "json" {
         fmt()
             .with_writer(std::io::stderr)

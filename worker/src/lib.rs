@@ -393,8 +393,9 @@ async fn handle_delivery(shared: &Shared, delivery: Delivery) {
         job::header_u32(&delivery.properties, job::HEADER_ATTEMPT).unwrap_or(1),
         1,
     );
-    let span =
-        tracing::info_span!("job", request_id = %request_id, attempt, traceparent = %traceparent);
+    // The trace id of the API request that accepted this job (W3C `traceparent`).
+    let trace_id = traceparent.split('-').nth(1).unwrap_or_default().to_owned();
+    let span = tracing::info_span!("job", request_id = %request_id, trace_id = %trace_id, attempt);
     let disposition = {
         use tracing::Instrument;
         async {

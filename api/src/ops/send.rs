@@ -144,10 +144,12 @@ pub async fn send_phone(
     .map_err(db_unavailable)?;
     txn.commit().await.map_err(db_unavailable)?;
 
+    // W3C trace context: the trace id is the RequestId's 128 bits, so API logs, queue headers and
+    // the worker's spans all correlate on the id the caller holds.
+    let trace_id = rid.replace('-', "").to_lowercase();
     let traceparent = format!(
-        "00-{}-{}-01",
-        rid.replace('-', "").to_lowercase(),
-        &hex::encode(rand::random::<[u8; 8]>())
+        "00-{trace_id}-{}-01",
+        hex::encode(rand::random::<[u8; 8]>())
     );
     if let Err(e) = state
         .publisher
@@ -160,7 +162,7 @@ pub async fn send_phone(
             retry_after_ms: 1000,
         });
     }
-    tracing::info!(request_id = %rid, contact_id = %id, phone = %phone.masked(), "send accepted");
+    tracing::info!(request_id = %rid, trace_id = %trace_id, contact_id = %id, phone = %phone.masked(), "send accepted");
     Ok(obj! {})
 }
 
