@@ -128,6 +128,25 @@ async fn metrics_health_and_queue_depth() {
         }
     };
     let text = wait_for(3.0).await;
+    // The ops page is self-contained and its data endpoint agrees with the broker.
+    let (status, page) = get(&format!("{api}/ops")).await;
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("<svg") && !page.contains("http://") && !page.contains("https://"),
+        "no external assets"
+    );
+    let (_, data) = get(&format!("{api}/ops/data")).await;
+    let data: serde_json::Value = serde_json::from_str(&data).unwrap();
+    let last = data["series"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["work"], 3, "{data}");
+    let queued = data["latest"]["report"]["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r[0] == "Queued")
+        .unwrap()[1]
+        .clone();
+    assert_eq!(queued, 3);
     assert!(
         sample(&text, "msgcontact_oldest_queued_request_age_seconds", &[]).is_some_and(|s| s > 0.0),
         "{text}"

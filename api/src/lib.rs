@@ -89,6 +89,8 @@ pub struct AppState {
     pub code_secret: Vec<u8>,
     pub max_body_bytes: usize,
     pub amqp: lapin::Connection,
+    /// Recent queue reports, for the ops page.
+    pub history: msgcontact_worker::admin::History,
 }
 
 /// Starts a write transaction. On SQLite it takes the write lock up front (`BEGIN IMMEDIATE`), so a
@@ -140,6 +142,7 @@ impl Application {
                 code_secret,
                 max_body_bytes: config.api.max_body_bytes,
                 amqp,
+                history: Default::default(),
             }),
         })
     }
@@ -175,6 +178,7 @@ impl Application {
             self.amqp_url.clone(),
             state.db.clone(),
             self.topology.clone(),
+            state.history.clone(),
             shutdown.clone(),
         ));
         let app = router(state.clone());
@@ -195,8 +199,39 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(|| async { msgcontact::metrics::render() }))
+        .route("/ops", get(|| async { axum::response::Html(OPS_PAGE) }))
+        .route("/ops/data", get(ops_data))
         .fallback(rpc)
         .with_state(state)
+}
+
+/// The live ops page: one self-contained file, no external assets.
+const OPS_PAGE: &str = include_str!("ops.html");
+
+async fn ops_data(State(state): State<Arc<AppState>>) -> axum::Json<Value> {
+    let snapshots = state.history.snapshots();
+    let series: Vec<Value> = snapshots
+        .iter()
+        .map(|s| {
+            let sum = |role: &str| -> u32 {
+                s.report
+                    .queues
+                    .iter()
+                    .filter(|q| q.role == role)
+                    .filter_map(|q| q.ready)
+                    .sum()
+            };
+            json!({
+                "at_ms": s.at_ms,
+                "work": sum("work"),
+                "retry": sum("retry"),
+                "dead": sum("dead"),
+                "send_rate": s.report.send_rate_per_second,
+                "oldest_age": s.report.oldest_queued_age_seconds,
+            })
+        })
+        .collect();
+    axum::Json(json!({ "latest": snapshots.last(), "series": series }))
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {

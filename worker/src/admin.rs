@@ -305,6 +305,7 @@ pub async fn poll_depths(
     amqp_url: String,
     db: DatabaseConnection,
     topology: Topology,
+    history: History,
     stop: tokio_util::sync::CancellationToken,
 ) {
     let mut conn: Option<Connection> = None;
@@ -317,7 +318,10 @@ pub async fn poll_depths(
             }
             let Some(c) = &conn else { return };
             match report(c, &db, &topology).await {
-                Ok(r) => publish_gauges(&r),
+                Ok(r) => {
+                    publish_gauges(&r);
+                    history.push(r);
+                }
                 Err(e) => tracing::debug!(error = %e, "depth poll failed"),
             }
         };
@@ -349,4 +353,40 @@ fn publish_gauges(r: &Report) {
     }
     metrics::gauge!(m::OLDEST_QUEUED_AGE).set(r.oldest_queued_age_seconds.unwrap_or(0.0));
     metrics::gauge!(m::SEND_RATE).set(r.send_rate_per_second);
+}
+
+/// One poll of the report, timestamped.
+#[derive(Debug, Clone, Serialize)]
+pub struct Snapshot {
+    pub at_ms: i64,
+    pub report: Report,
+}
+
+/// The last minutes of reports, for the ops page's chart.
+#[derive(Debug, Clone, Default)]
+pub struct History(std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<Snapshot>>>);
+
+impl History {
+    /// Ten minutes at the poll interval.
+    const KEEP: usize = 120;
+
+    pub fn push(&self, report: Report) {
+        let mut h = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        h.push_back(Snapshot {
+            at_ms: now_ms(),
+            report,
+        });
+        while h.len() > Self::KEEP {
+            h.pop_front();
+        }
+    }
+
+    pub fn snapshots(&self) -> Vec<Snapshot> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
 }

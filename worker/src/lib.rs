@@ -277,6 +277,7 @@ impl Application {
             self.amqp_url.clone(),
             self.shared.db.clone(),
             self.shared.topology.clone(),
+            admin::History::default(),
             shutdown.clone(),
         ));
         let http_stop = shutdown.clone();
