@@ -1,28 +1,15 @@
 //! The API end to end, on SQLite and PostgreSQL, against real RabbitMQ: every operation, every
 //! seed error code, authentication, bad input, tenancy and the exact daily quota.
 
+#[macro_use]
 mod common;
 
 use std::time::Duration;
 
 use common::{Backend, Options, TestApp, nonce, now_stamp};
 use futures::future::join_all;
-use lapin::options::{BasicGetOptions, QueueDeclareOptions};
+use lapin::options::BasicGetOptions;
 use serde_json::Value;
-
-/// Runs a test body once per database backend.
-macro_rules! on_both_backends {
-    ($($name:ident;)*) => {
-        mod sqlite {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(super::Backend::Sqlite).await })*
-        }
-        mod postgres {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(super::Backend::Postgres).await })*
-        }
-    };
-}
 
 on_both_backends! {
     contact_lifecycle;
@@ -1042,29 +1029,8 @@ async fn daily_limit_is_exact_across_two_api_processes(backend: Backend) {
     assert!(other.is_empty(), "unexpected answers: {other:?}");
     assert_eq!((ok, limited), (100, 100));
     // The broker holds exactly the accepted jobs.
-    assert_eq!(queue_depth(&app).await, 100);
+    assert_eq!(common::depth(&app.work_queue()).await, 100);
     app.cleanup().await;
-}
-
-async fn queue_depth(app: &TestApp) -> u32 {
-    let conn = msgcontact::amqp::connect(&common::amqp_url(), "test-probe")
-        .await
-        .unwrap();
-    let ch = conn.create_channel().await.unwrap();
-    let q = ch
-        .queue_declare(
-            app.work_queue().as_str().into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            Default::default(),
-        )
-        .await
-        .unwrap();
-    let n = q.message_count();
-    let _ = conn.close(200, "bye".into()).await;
-    n
 }
 
 async fn accepted_send_is_in_the_queue_before_the_answer(backend: Backend) {
@@ -1165,7 +1131,7 @@ async fn duplicate_deliveries_send_once(backend: Backend) {
     }
     // Wait until the worker has drained the duplicates, then count SMS.
     for _ in 0..100 {
-        if queue_depth(&app).await == 0 {
+        if common::depth(&app.work_queue()).await == 0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -3,26 +3,13 @@
 //! hangs and resets (ambiguous outcomes), superseding, backpressure and worker restarts. After each
 //! scenario the SPEC's invariants are checked against the database, the provider log and the queues.
 
+#[macro_use]
 mod common;
 
 use std::time::Duration;
 
-use common::{Backend, Options, TestApp, fake_sms::Step};
-use lapin::options::QueueDeclareOptions;
+use common::{Backend, Options, TestApp, depth, fake_sms::Step};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
-
-macro_rules! on_both_backends {
-    ($($name:ident;)*) => {
-        mod sqlite {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(super::Backend::Sqlite).await })*
-        }
-        mod postgres {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(super::Backend::Postgres).await })*
-        }
-    };
-}
 
 on_both_backends! {
     transient_failures_are_retried_until_sent;
@@ -55,27 +42,6 @@ async fn send(app: &TestApp, contact: &str) -> String {
         )
         .await;
     r.assert_ok()["RequestId"].as_str().unwrap().to_owned()
-}
-
-async fn depth(queue: &str) -> u32 {
-    let conn = msgcontact::amqp::connect(&common::amqp_url(), "test-probe")
-        .await
-        .unwrap();
-    let ch = conn.create_channel().await.unwrap();
-    let n = ch
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            Default::default(),
-        )
-        .await
-        .map(|q| q.message_count())
-        .unwrap_or(0);
-    let _ = conn.close(200, "bye".into()).await;
-    n
 }
 
 /// SPEC §7 over the history of a scenario: every accepted request terminal exactly once, at most

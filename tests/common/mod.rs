@@ -598,6 +598,35 @@ impl TestApp {
     }
 }
 
+/// Ready messages in a queue (0 if it does not exist), read the way the worker's report reads it.
+pub async fn depth(queue: &str) -> u32 {
+    let conn = msgcontact::amqp::connect(&amqp_url(), "test-probe")
+        .await
+        .unwrap();
+    let n = msgcontact_worker::admin::queue_depth(&conn, queue)
+        .await
+        .unwrap()
+        .map(|d| d.0)
+        .unwrap_or(0);
+    let _ = conn.close(200, "bye".into()).await;
+    n
+}
+
+/// Runs each named `async fn(Backend)` once per database backend.
+#[allow(unused_macros)]
+macro_rules! on_both_backends {
+    ($($name:ident;)*) => {
+        mod sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(super::Backend::Sqlite).await })*
+        }
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(super::Backend::Postgres).await })*
+        }
+    };
+}
+
 pub fn now_stamp() -> String {
     chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
