@@ -29,14 +29,7 @@ const PHONE: &str = "86-13912341234";
 const PHONE2: &str = "86-13800001111";
 
 async fn contact_lifecycle(backend: Backend) {
-    let app = TestApp::spawn_with(
-        backend,
-        Options {
-            worker: false,
-            ..Default::default()
-        },
-    )
-    .await;
+    let app = TestApp::spawn_with(backend, Options::without_worker()).await;
     let id = app.add_contact("alice", Some(PHONE)).await;
     assert!(id.starts_with("c-") && id.len() == 18);
 
@@ -282,14 +275,7 @@ async fn contact_lifecycle(backend: Backend) {
 
 /// Every row of the seed document's error table, with its exact status, code and message.
 async fn seed_error_codes(backend: Backend) {
-    let app = TestApp::spawn_with(
-        backend,
-        Options {
-            worker: false,
-            ..Default::default()
-        },
-    )
-    .await;
+    let app = TestApp::spawn_with(backend, Options::without_worker()).await;
     let id = app.add_contact("carol", Some(PHONE)).await;
     let send = |p: Vec<(&'static str, String)>| {
         let app = &app;
@@ -591,14 +577,7 @@ async fn wrong_codes_lock_the_code(backend: Backend) {
 }
 
 async fn authentication_errors(backend: Backend) {
-    let app = TestApp::spawn_with(
-        backend,
-        Options {
-            worker: false,
-            ..Default::default()
-        },
-    )
-    .await;
+    let app = TestApp::spawn_with(backend, Options::without_worker()).await;
     let params = [("PageSize", "10")];
     // ACS3: a good call, then each failure.
     app.call("ListMessageContacts", &params).await.assert_ok();
@@ -814,14 +793,7 @@ async fn authentication_errors(backend: Backend) {
 }
 
 async fn bad_input_gets_json_errors(backend: Backend) {
-    let app = TestApp::spawn_with(
-        backend,
-        Options {
-            worker: false,
-            ..Default::default()
-        },
-    )
-    .await;
+    let app = TestApp::spawn_with(backend, Options::without_worker()).await;
     app.call("NoSuchAction", &[])
         .await
         .assert_error(404, "InvalidAction.NotFound");
@@ -900,14 +872,7 @@ async fn bad_input_gets_json_errors(backend: Backend) {
 }
 
 async fn tenants_are_isolated(backend: Backend) {
-    let app = TestApp::spawn_with(
-        backend,
-        Options {
-            worker: false,
-            ..Default::default()
-        },
-    )
-    .await;
+    let app = TestApp::spawn_with(backend, Options::without_worker()).await;
     let id = app.add_contact("heidi", Some(PHONE)).await;
     let b = app.new_key("6543210987654321").await;
     for (action, params) in [
@@ -1034,14 +999,7 @@ async fn daily_limit_is_exact_across_two_api_processes(backend: Backend) {
 }
 
 async fn accepted_send_is_in_the_queue_before_the_answer(backend: Backend) {
-    let app = TestApp::spawn_with(
-        backend,
-        Options {
-            worker: false,
-            ..Default::default()
-        },
-    )
-    .await;
+    let app = TestApp::spawn_with(backend, Options::without_worker()).await;
     let id = app.add_contact("ivan", Some(PHONE)).await;
     let r = app
         .call(

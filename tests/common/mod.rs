@@ -79,6 +79,16 @@ impl Default for Options {
     }
 }
 
+impl Options {
+    /// The API alone: accepted jobs stay in the queue.
+    pub fn without_worker() -> Self {
+        Self {
+            worker: false,
+            ..Default::default()
+        }
+    }
+}
+
 /// SMS received by the fake webhook provider.
 #[derive(Clone, Default)]
 pub struct Inbox {
