@@ -12,9 +12,9 @@ use msgcontact::{
     status,
     time::now_ms,
 };
-use sea_orm::{ActiveValue::Set, DatabaseConnection, DbErr, EntityTrait, sea_query::OnConflict};
+use sea_orm::{DatabaseConnection, DbErr, EntityTrait};
 
-use crate::params::Params;
+use crate::{params::Params, writer::NonceKey};
 
 /// How far a request's timestamp may be from our clock, either way.
 pub const MAX_SKEW_MS: i64 = 15 * 60 * 1000;
@@ -31,11 +31,20 @@ pub struct SignedRequest<'a> {
     pub action_from_header: bool,
 }
 
-/// Authenticates a request and returns the account its key belongs to.
+/// Who signed a request, and the nonce to record (the caller records it, see `writer`).
+#[derive(Debug)]
+pub struct Caller {
+    pub account: AccountId,
+    pub nonce: NonceKey,
+}
+
+/// Authenticates a request: the key, its status, the timestamp and the signature. Recording the
+/// nonce (replay protection) is left to the caller, so a send can record it in the same grouped
+/// transaction as its reservation.
 pub async fn authenticate(
     db: &DatabaseConnection,
     req: &SignedRequest<'_>,
-) -> Result<AccountId, ApiError> {
+) -> Result<Caller, ApiError> {
     let authz = req
         .headers
         .get("authorization")
@@ -66,7 +75,7 @@ async fn acs3(
     db: &DatabaseConnection,
     req: &SignedRequest<'_>,
     authz: &str,
-) -> Result<AccountId, ApiError> {
+) -> Result<Caller, ApiError> {
     let auth = Acs3Authorization::parse(authz).ok_or(ApiError::IncompleteSignature(
         "The Authorization header is malformed.",
     ))?;
@@ -131,11 +140,10 @@ async fn acs3(
     if !signing::signatures_equal(&expected, &auth.signature.to_ascii_lowercase()) {
         return Err(ApiError::SignatureDoesNotMatch);
     }
-    consume_nonce(db, &key.access_key_id, nonce).await?;
-    AccountId::parse(&key.account_id).map_err(|_| ApiError::Internal)
+    caller(&key, nonce)
 }
 
-async fn v1(db: &DatabaseConnection, req: &SignedRequest<'_>) -> Result<AccountId, ApiError> {
+async fn v1(db: &DatabaseConnection, req: &SignedRequest<'_>) -> Result<Caller, ApiError> {
     let p = req.all_params;
     let missing = |what| ApiError::IncompleteSignature(what);
     let ak = p
@@ -169,8 +177,7 @@ async fn v1(db: &DatabaseConnection, req: &SignedRequest<'_>) -> Result<AccountI
     if !signing::signatures_equal(&expected, signature) {
         return Err(ApiError::SignatureDoesNotMatch);
     }
-    consume_nonce(db, &key.access_key_id, nonce).await?;
-    AccountId::parse(&key.account_id).map_err(|_| ApiError::Internal)
+    caller(&key, nonce)
 }
 
 async fn lookup_key(db: &DatabaseConnection, id: &str) -> Result<access_key::Model, ApiError> {
@@ -202,39 +209,19 @@ fn check_timestamp(ms: i64) -> Result<(), ApiError> {
     }
 }
 
-async fn consume_nonce(
-    db: &DatabaseConnection,
-    access_key_id: &str,
-    nonce: &str,
-) -> Result<(), ApiError> {
+fn caller(key: &access_key::Model, nonce: &str) -> Result<Caller, ApiError> {
     if nonce.len() > 128 {
         return Err(ApiError::IncompleteSignature(
             "The signature nonce is too long.",
         ));
     }
-    let row = signature_nonce::ActiveModel {
-        access_key_id: Set(access_key_id.to_owned()),
-        nonce: Set(nonce.to_owned()),
-        // Kept past the timestamp window on both sides: a replay with the same nonce is either
-        // caught here or rejected as expired.
-        expires_ms: Set(now_ms() + 2 * MAX_SKEW_MS),
-    };
-    let inserted = signature_nonce::Entity::insert(row)
-        .on_conflict(
-            OnConflict::columns([
-                signature_nonce::Column::AccessKeyId,
-                signature_nonce::Column::Nonce,
-            ])
-            .do_nothing()
-            .to_owned(),
-        )
-        .exec_without_returning(db)
-        .await;
-    match inserted {
-        Ok(0) | Err(DbErr::RecordNotInserted) => Err(ApiError::SignatureNonceUsed),
-        Ok(_) => Ok(()),
-        Err(e) => Err(db_unavailable(e)),
-    }
+    Ok(Caller {
+        account: AccountId::parse(&key.account_id).map_err(|_| ApiError::Internal)?,
+        nonce: NonceKey {
+            access_key_id: key.access_key_id.clone(),
+            nonce: nonce.to_owned(),
+        },
+    })
 }
 
 /// Removes nonces past their replay window.

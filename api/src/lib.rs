@@ -8,6 +8,7 @@ pub mod cli;
 pub mod ops;
 pub mod params;
 pub mod publisher;
+pub mod writer;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -68,6 +69,9 @@ pub struct ApiOptions {
     /// Confirm-mode channels publishes rotate over.
     #[arg(long, env = "MSGCONTACT_PUBLISH_CHANNELS", default_value_t = 4)]
     pub publish_channels: usize,
+    /// Most requests whose writes share one transaction (group commit).
+    #[arg(long, env = "MSGCONTACT_WRITE_BATCH_MAX", default_value_t = 128)]
+    pub write_batch_max: usize,
 }
 
 /// Everything `msgcontact-api` needs to serve.
@@ -86,6 +90,8 @@ pub struct AppState {
     pub db: DatabaseConnection,
     pub policy: PolicyConfig,
     pub publisher: Publisher,
+    /// Group commit of nonces and send reservations.
+    pub writer: writer::Writer,
     pub code_secret: Vec<u8>,
     pub max_body_bytes: usize,
     pub amqp: lapin::Connection,
@@ -136,6 +142,7 @@ impl Application {
             amqp_url: config.infra.amqp_url.clone(),
             topology,
             state: Arc::new(AppState {
+                writer: writer::Writer::start(db.clone(), config.api.write_batch_max),
                 db,
                 policy: config.policy,
                 publisher,
@@ -354,7 +361,7 @@ async fn handle(
     if version != Some(API_VERSION) {
         return Err(ApiError::InvalidVersion);
     }
-    let account = auth::authenticate(
+    let caller = auth::authenticate(
         &state.db,
         &auth::SignedRequest {
             method: parts.method.as_str(),
@@ -367,8 +374,15 @@ async fn handle(
         },
     )
     .await?;
+    // A send records its nonce in the same grouped transaction as its reservation.
+    let nonce = if action == ops::SEND_PHONE {
+        Some(caller.nonce)
+    } else {
+        state.writer.submit(writer::Op::Nonce(caller.nonce)).await?;
+        None
+    };
     use tracing::Instrument;
-    ops::dispatch(state, &action, &account, &all, request_id)
+    ops::dispatch(state, &action, &caller.account, &all, request_id, nonce)
         .instrument(span.clone())
         .await
 }

@@ -61,6 +61,11 @@ pub struct Options {
     pub aliyun: bool,
     pub queue_max_length: u32,
     pub provider_timeout_ms: u64,
+    pub provider_total_rate: Option<u32>,
+    pub worker_count: u32,
+    /// The per-phone guard; generous by default so retries in other tests are not deferred.
+    pub phone_burst: u32,
+    pub phone_per_minute: u32,
 }
 
 impl Default for Options {
@@ -75,6 +80,10 @@ impl Default for Options {
             aliyun: false,
             queue_max_length: 100_000,
             provider_timeout_ms: 5000,
+            provider_total_rate: None,
+            worker_count: 1,
+            phone_burst: 1000,
+            phone_per_minute: 1000,
         }
     }
 }
@@ -298,6 +307,7 @@ impl TestApp {
                     max_body_bytes: 64 * 1024,
                     publish_confirm_timeout_ms: 5000,
                     publish_channels: 2,
+                    write_batch_max: 128,
                 },
             })
             .await
@@ -384,6 +394,10 @@ impl TestApp {
                 aliyun_sms_sign_name: Some("msgcontact".into()),
                 aliyun_sms_template_code: Some("SMS_0001".into()),
                 provider_rate: 1000,
+                provider_total_rate: self.options.provider_total_rate,
+                worker_count: self.options.worker_count,
+                phone_burst: self.options.phone_burst,
+                phone_per_minute: self.options.phone_per_minute,
                 prefetch: 16,
                 provider_timeout_ms: self.options.provider_timeout_ms,
             },

@@ -5,13 +5,13 @@
 //! after the outcome is committed, so a crash anywhere means a redelivery, never a lost request.
 
 pub mod admin;
+pub mod limits;
 pub mod provider;
 
 use std::{net::SocketAddr, num::NonZeroU32, path::PathBuf, sync::Arc, time::Duration};
 
 use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
 use futures::StreamExt;
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use lapin::{
     BasicProperties, Channel,
     message::Delivery,
@@ -104,10 +104,23 @@ pub struct WorkerOptions {
     /// SMS template code; the template takes one `${code}` parameter.
     #[arg(long, env = "MSGCONTACT_ALIYUN_SMS_TEMPLATE_CODE")]
     pub aliyun_sms_template_code: Option<String>,
-    /// Provider requests per second from this worker process (the provider's contract divided by
-    /// the number of workers).
+    /// Provider requests per second from this worker process. Ignored when the provider's total
+    /// rate is given.
     #[arg(long, env = "MSGCONTACT_PROVIDER_RATE", default_value_t = 50)]
     pub provider_rate: u32,
+    /// The provider's total contracted rate (requests per second) shared by all workers; each
+    /// worker takes its share, `total / MSGCONTACT_WORKER_COUNT`.
+    #[arg(long, env = "MSGCONTACT_PROVIDER_TOTAL_RATE")]
+    pub provider_total_rate: Option<u32>,
+    /// Number of worker processes sharing the provider's total rate.
+    #[arg(long, env = "MSGCONTACT_WORKER_COUNT", default_value_t = 1)]
+    pub worker_count: u32,
+    /// SMS one phone number may receive at once (the per-phone burst guard).
+    #[arg(long, env = "MSGCONTACT_PHONE_BURST", default_value_t = 3)]
+    pub phone_burst: u32,
+    /// Refill of the per-phone guard, messages per minute.
+    #[arg(long, env = "MSGCONTACT_PHONE_PER_MINUTE", default_value_t = 6)]
+    pub phone_per_minute: u32,
     /// Unacknowledged deliveries this worker holds at once.
     #[arg(long, env = "MSGCONTACT_PREFETCH", default_value_t = 16)]
     pub prefetch: u16,
@@ -131,7 +144,7 @@ struct Shared {
     policy: PolicyConfig,
     code_secret: Vec<u8>,
     provider: Provider,
-    limiter: DefaultDirectRateLimiter,
+    limits: limits::Limits,
     topology: Topology,
     /// Confirm-mode channel for dead letters and retries.
     publish_channel: Channel,
@@ -218,8 +231,22 @@ impl Application {
             }
         };
         msgcontact::metrics::handle();
-        let rate = NonZeroU32::new(config.worker.provider_rate)
-            .ok_or_else(|| Error::Config("MSGCONTACT_PROVIDER_RATE must be at least 1".into()))?;
+        let w = &config.worker;
+        let per_worker = match w.provider_total_rate {
+            Some(total) => total / Ord::max(w.worker_count, 1),
+            None => w.provider_rate,
+        };
+        let rate = NonZeroU32::new(per_worker).ok_or_else(|| {
+            Error::Config("the provider rate per worker must be at least 1 per second".into())
+        })?;
+        let nz = |v: u32, name: &str| {
+            NonZeroU32::new(v).ok_or_else(|| Error::Config(format!("{name} must be at least 1")))
+        };
+        let limits = limits::Limits::new(
+            rate,
+            nz(w.phone_burst, "MSGCONTACT_PHONE_BURST")?,
+            nz(w.phone_per_minute, "MSGCONTACT_PHONE_PER_MINUTE")?,
+        );
         let db =
             msgcontact::db::connect(&config.infra.database_url, config.infra.database_pool).await?;
         let code_secret =
@@ -243,7 +270,7 @@ impl Application {
                 policy: config.policy,
                 code_secret,
                 provider,
-                limiter: RateLimiter::direct(Quota::per_second(rate)),
+                limits,
                 topology,
                 publish_channel,
                 shutdown: CancellationToken::new(),
@@ -280,6 +307,19 @@ impl Application {
             admin::History::default(),
             shutdown.clone(),
         ));
+        let housekeeping = {
+            let shared = self.shared.clone();
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(30));
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tick.tick() => shared.limits.housekeeping(),
+                    }
+                }
+            })
+        };
         let http_stop = shutdown.clone();
         let http = tokio::spawn(
             axum::serve(self.listener, app)
@@ -338,6 +378,7 @@ impl Application {
         let _ = self.amqp.close(200, "shutdown".into()).await;
         let _ = http.await;
         let _ = poller.await;
+        let _ = housekeeping.await;
         tracing::info!("worker stopped");
         Ok(())
     }
@@ -727,6 +768,42 @@ async fn process(shared: &Shared, job: &SendJob, ctx: &JobCtx) -> Result<Disposi
             return Ok(Disposition::Ack);
         }
     }
+    // A verification SMS is only worth sending while the code the user waits for would still be
+    // valid; a request that waited longer than that (an overload backlog) ends without an SMS.
+    if matches!(status, Some(SendStatus::Queued))
+        && req.accepted_ms + shared.policy.code_ttl().as_millis() as i64 <= now_ms()
+    {
+        set_outcome(
+            db,
+            &req.request_id,
+            failed(
+                "CodeExpired",
+                "The request waited in the queue longer than a code lives.",
+            ),
+        )
+        .await?;
+        return Ok(Disposition::Ack);
+    }
+    // Rate limits before the claim: a deferred job keeps its attempt number and state. Only a
+    // redelivered in-flight attempt (ambiguous) must not be republished, so it waits in place.
+    let may_defer = matches!(status, Some(SendStatus::Queued | SendStatus::Retrying));
+    let waited = std::time::Instant::now();
+    let gate = shared.limits.acquire(&req.phone, may_defer).await;
+    metrics::histogram!(msgcontact::metrics::RATE_LIMIT_WAIT)
+        .record(waited.elapsed().as_secs_f64());
+    if let limits::Gate::Defer(wait) = gate {
+        let delays = &shared.topology.retry_delays;
+        let level = (0..delays.len())
+            .find(|l| delays[*l] >= wait)
+            .unwrap_or(delays.len() - 1);
+        metrics::counter!("msgcontact_rate_limit_deferrals_total").increment(1);
+        tracing::debug!(?wait, level, "rate limited: parking the job");
+        return Ok(Disposition::Retry {
+            attempt: ctx.attempt,
+            level,
+            delay: wait.min(delays[level]),
+        });
+    }
     let req = match claim(db, &req, ctx).await? {
         Ok(r) => r,
         Err(d) => return Ok(d),
@@ -797,10 +874,6 @@ async fn process(shared: &Shared, job: &SendJob, ctx: &JobCtx) -> Result<Disposi
         message: format!("Your verification code is {code}. It is valid for {ttl_min} minutes."),
         code,
     };
-    let waited = std::time::Instant::now();
-    shared.limiter.until_ready().await;
-    metrics::histogram!(msgcontact::metrics::RATE_LIMIT_WAIT)
-        .record(waited.elapsed().as_secs_f64());
     let started = std::time::Instant::now();
     let outcome = shared.provider.send(&sms).await;
     let elapsed = started.elapsed();
@@ -828,6 +901,9 @@ async fn process(shared: &Shared, job: &SendJob, ctx: &JobCtx) -> Result<Disposi
         }
         Err(f) => f,
     };
+    if failure.is_throttling() {
+        shared.limits.throttled();
+    }
     let ProviderFailure {
         class,
         code,

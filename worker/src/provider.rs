@@ -47,6 +47,15 @@ pub struct ProviderFailure {
     pub retry_after: Option<Duration>,
 }
 
+impl ProviderFailure {
+    /// The provider said "too fast" (HTTP 429 or a throttling code): the worker slows down.
+    pub fn is_throttling(&self) -> bool {
+        self.code == "Http429"
+            || self.code == "isv.BUSINESS_LIMIT_CONTROL"
+            || self.code.starts_with("Throttling")
+    }
+}
+
 /// Settings of the Alibaba Cloud SMS provider.
 #[derive(Debug, Clone)]
 pub struct AliyunSettings {

@@ -29,6 +29,9 @@ pub const ACTIONS: &[&str] = &[
     "GetVerificationRequest",
 ];
 
+/// The one action whose writes are grouped with its nonce.
+pub const SEND_PHONE: &str = "SendPhoneVerificationForMessageContact";
+
 pub type OpResult = Result<Map<String, Value>, ApiError>;
 
 /// Runs the named operation; unknown names are `InvalidAction.NotFound`.
@@ -38,6 +41,7 @@ pub async fn dispatch(
     account: &AccountId,
     p: &Params,
     request_id: RequestId,
+    nonce: Option<crate::writer::NonceKey>,
 ) -> OpResult {
     match action {
         "AddMessageContact" => contacts::add(state, account, p).await,
@@ -51,7 +55,7 @@ pub async fn dispatch(
         "AssociateMembers" => contacts::associate(state, account, p).await,
         "DisassociateMembers" => contacts::disassociate(state, account, p).await,
         "SendPhoneVerificationForMessageContact" => {
-            send::send_phone(state, account, p, request_id).await
+            send::send_phone(state, account, p, request_id, nonce).await
         }
         "SendEmailVerificationForMessageContact" => Err(ApiError::EmailVerificationUnsupported),
         "CheckPhoneVerificationForMessageContact" => send::check_phone(state, account, p).await,

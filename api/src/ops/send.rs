@@ -10,26 +10,32 @@ use msgcontact::{
     time::{format_ms, now_ms, utc_day},
 };
 use sea_orm::{
-    ActiveValue::Set,
-    ColumnTrait, Condition, DbErr, EntityTrait, QueryFilter,
-    sea_query::{Expr, ExprTrait, OnConflict},
+    ColumnTrait, EntityTrait, QueryFilter,
+    sea_query::{Expr, ExprTrait},
 };
 
 use super::{OpResult, contacts::find_contact};
-use crate::{AppState, auth::db_unavailable, obj, params::Params};
+use crate::{
+    AppState,
+    auth::db_unavailable,
+    obj,
+    params::Params,
+    writer::{NonceKey, Op, Reservation},
+};
 
 /// Key of the single live verification of a contact's number (unique in the database).
 pub fn live_key(contact_id: &str, phone: &str) -> String {
     format!("{contact_id}/{phone}")
 }
 
-/// Every synchronous check of the SPEC, in its order, then one transaction reserving quota and
-/// cooldown and recording the request, then a confirmed publish.
+/// Every synchronous check of the SPEC, in its order, then the reservation of quota and cooldown
+/// with the request row (grouped with concurrent requests' by the writer), then a confirmed publish.
 pub async fn send_phone(
     state: &AppState,
     account: &AccountId,
     p: &Params,
     request_id: RequestId,
+    nonce: Option<NonceKey>,
 ) -> OpResult {
     let id = ContactId::parse(p.require("ContactId")?)?;
     let phone = PhoneNumber::parse(
@@ -59,90 +65,22 @@ pub async fn send_phone(
     let cooldown_ms = state.policy.cooldown().as_millis() as i64;
     let rid = request_id.to_string();
 
-    let txn = crate::write_txn(&state.db).await?;
-    // Quota first (its 409 outranks the cooldown's 429): an atomic conditional increment, exact
-    // under any concurrency and across processes because the row lock (or SQLite's single writer)
-    // serializes the check and the increment.
-    let _ = daily_counter::Entity::insert(daily_counter::ActiveModel {
-        account_id: Set(account.to_string()),
-        day: Set(day.clone()),
-        count: Set(0),
-    })
-    .on_conflict(
-        OnConflict::columns([daily_counter::Column::AccountId, daily_counter::Column::Day])
-            .do_nothing()
-            .to_owned(),
-    )
-    .exec_without_returning(&txn)
-    .await
-    .or_else(|e| {
-        if matches!(e, DbErr::RecordNotInserted) {
-            Ok(0)
-        } else {
-            Err(e)
-        }
-    })
-    .map_err(db_unavailable)?;
-    let reserved = daily_counter::Entity::update_many()
-        .col_expr(
-            daily_counter::Column::Count,
-            Expr::col(daily_counter::Column::Count).add(1),
-        )
-        .filter(daily_counter::Column::AccountId.eq(account.as_str()))
-        .filter(daily_counter::Column::Day.eq(day.as_str()))
-        .filter(daily_counter::Column::Count.lt(limit as i32))
-        .exec(&txn)
-        .await
-        .map_err(db_unavailable)?;
-    if reserved.rows_affected == 0 {
-        return Err(ApiError::DailyLimitExceeded);
-    }
-    // Cooldown: claim the contact's send slot only if the last send is old enough.
-    let mut claim = contact::Entity::update_many()
-        .col_expr(contact::Column::LastSendMs, Expr::value(now))
-        .filter(contact::Column::ContactId.eq(id.as_str()))
-        .filter(contact::Column::AccountId.eq(account.as_str()))
-        .filter(contact::Column::PendingPhone.eq(phone_s.as_str()));
-    if cooldown_ms > 0 {
-        claim = claim.filter(
-            Condition::any()
-                .add(contact::Column::LastSendMs.is_null())
-                .add(contact::Column::LastSendMs.lte(now - cooldown_ms)),
-        );
-    }
-    let claimed = claim.exec(&txn).await.map_err(db_unavailable)?;
-    if claimed.rows_affected == 0 {
-        // Tell apart a concurrent change of the contact from the cooldown.
-        let c = find_contact(&txn, account, &id).await?;
-        if c.pending_phone.as_deref() != Some(phone_s.as_str()) {
-            return Err(ApiError::VerificationNotFound);
-        }
-        let wait = c.last_send_ms.unwrap_or(now) + cooldown_ms - now;
-        return Err(ApiError::ContactThrottled {
-            retry_after_ms: Ord::max(wait, 1) as u64,
-        });
-    }
-    send_request::Entity::insert(send_request::ActiveModel {
-        request_id: Set(rid.clone()),
-        account_id: Set(account.to_string()),
-        contact_id: Set(id.to_string()),
-        phone: Set(phone_s.clone()),
-        status: Set(SendStatus::Queued.as_str().into()),
-        attempts: Set(0),
-        ambiguous_attempts: Set(0),
-        failure_code: Set(None),
-        failure_message: Set(None),
-        provider_message_id: Set(None),
-        verification_id: Set(None),
-        day: Set(day.clone()),
-        accepted_ms: Set(now),
-        sent_ms: Set(None),
-        updated_ms: Set(now),
-    })
-    .exec_without_returning(&txn)
-    .await
-    .map_err(db_unavailable)?;
-    txn.commit().await.map_err(db_unavailable)?;
+    state
+        .writer
+        .submit(Op::Send {
+            nonce,
+            reservation: Reservation {
+                account_id: account.to_string(),
+                contact_id: id.to_string(),
+                phone: phone_s.clone(),
+                limit,
+                cooldown_ms,
+                now_ms: now,
+                day: day.clone(),
+                request_id: rid.clone(),
+            },
+        })
+        .await?;
 
     // W3C trace context: the trace id is the RequestId's 128 bits, so API logs, queue headers and
     // the worker's spans all correlate on the id the caller holds.

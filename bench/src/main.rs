@@ -1,0 +1,383 @@
+//! msgcontact-bench: drives the real `msgcontact-api` and `msgcontact-worker` binaries with signed
+//! sends against the real RabbitMQ and database, and measures the same things for two minimal
+//! baselines on the same broker and database in the same run, so the figures are ratios, not
+//! absolute claims about a machine.
+//!
+//! `run`  — accept path at fixed concurrencies, latency at half our max rate, end-to-end drain,
+//!          accept→Sent latency, /metrics scrape cost; baselines (a) publish-with-confirm handler and
+//!          (b) consume → insert → POST → ack pipeline.
+//! `held` — held load: an offered rate above the provider's for minutes; per-minute p99, RSS and
+//!          queue depth, 503 latency at the queue's max length, then the drain.
+//!
+//! Build everything first (`cargo build --release --workspace`): the binaries under test are taken
+//! from the directory of this executable.
+
+mod baseline;
+mod load;
+mod stack;
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+
+use crate::{
+    load::{Stats, Target},
+    stack::{Db, FakeProvider, Stack},
+};
+
+#[derive(Parser)]
+#[command(
+    name = "msgcontact-bench",
+    about = "msgcontact benchmark and held-load run"
+)]
+enum Cmd {
+    /// Accept path, end-to-end and scrape-cost figures against the baselines.
+    Run(RunArgs),
+    /// Held load: offered sends/s above the provider's rate, per-minute table, then the drain.
+    Held(HeldArgs),
+    /// Baseline (a): an HTTP handler that only publishes one persistent message with confirm.
+    #[command(hide = true)]
+    BaselinePublish(baseline::PublishArgs),
+    /// Baseline (b): consume → insert one row → POST to the fake provider → ack.
+    #[command(hide = true)]
+    BaselinePipeline(baseline::PipelineArgs),
+}
+
+#[derive(clap::Args)]
+struct Common {
+    /// `sqlite` or `postgres`.
+    #[arg(long, default_value = "sqlite")]
+    db: Db,
+    #[arg(
+        long,
+        env = "MSGCONTACT_BENCH_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    amqp_url: String,
+    /// PostgreSQL server (a fresh database is created on it).
+    #[arg(
+        long,
+        env = "MSGCONTACT_BENCH_PG_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    pg_url: String,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Closed-loop concurrencies of the accept-path table.
+    #[arg(long, value_delimiter = ',', default_value = "8,32,128")]
+    concurrency: Vec<usize>,
+    /// Measured seconds per level (after one second of warm-up).
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Jobs drained in the end-to-end comparison.
+    #[arg(long, default_value_t = 5000)]
+    e2e_jobs: usize,
+}
+
+#[derive(clap::Args)]
+struct HeldArgs {
+    #[command(flatten)]
+    common: Common,
+    #[arg(long, default_value_t = 10)]
+    minutes: u64,
+    /// Signed sends offered per second (open loop).
+    #[arg(long, default_value_t = 200)]
+    offered: u32,
+    /// SMS per second the fake provider accepts (beyond it answers 429); the worker is told the same.
+    #[arg(long, default_value_t = 20)]
+    provider_rate: u32,
+    /// The work queue's max length (reached during the run, so 503s are measured).
+    #[arg(long, default_value_t = 60_000)]
+    queue_max_length: u32,
+    /// Longest wait for the backlog to drain after the load stops.
+    #[arg(long, default_value_t = 30)]
+    drain_minutes: u64,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cmd = Cmd::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        match cmd {
+            Cmd::Run(a) => run(a).await,
+            Cmd::Held(a) => held(a).await,
+            Cmd::BaselinePublish(a) => baseline::serve_publish(a).await,
+            Cmd::BaselinePipeline(a) => baseline::run_pipeline(a).await,
+        }
+    })
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2}", d.as_secs_f64() * 1000.0)
+}
+
+fn ratio(ours: f64, base: f64) -> String {
+    if base > 0.0 {
+        format!("{:.2}x", ours / base)
+    } else {
+        "n/a".into()
+    }
+}
+
+async fn run(a: RunArgs) -> anyhow::Result<()> {
+    let c = &a.common;
+    let dur = Duration::from_secs(a.seconds);
+    let contacts = 20_000;
+    println!(
+        "msgcontact-bench run: database {:?}, {} s per level, {} cores",
+        c.db,
+        a.seconds,
+        std::thread::available_parallelism()?
+    );
+
+    // --- Accept path: ours (API only, so the worker does not compete) vs baseline (a). ---
+    let provider = FakeProvider::start(None).await?;
+    let mut stack = Stack::new(c.db, &c.amqp_url, &c.pg_url, contacts, 2_000_000).await?;
+    stack.start_api(&[]).await?;
+    let base_a = baseline::PublishServer::start(&c.amqp_url).await?;
+    let ours_target = Target::ours(&stack);
+    let base_target = Target::plain(base_a.addr);
+
+    println!("\n== Accept path: closed loop, signed SendPhoneVerificationForMessageContact ==");
+    println!(
+        "{:>5} | {:>9} {:>9} {:>6} | {:>26} | {:>26}",
+        "conc", "ours r/s", "base(a)", "ratio", "ours p50/p99/p99.9 ms", "base(a) p50/p99/p99.9 ms"
+    );
+    let mut best = 0.0f64;
+    let mut at32 = None;
+    for &conc in &a.concurrency {
+        stack.purge_work_queue().await?;
+        let _ = load::closed_loop(&ours_target, conc, Duration::from_secs(1)).await;
+        let ours = load::closed_loop(&ours_target, conc, dur).await;
+        base_a.purge().await?;
+        let _ = load::closed_loop(&base_target, conc, Duration::from_secs(1)).await;
+        let base = load::closed_loop(&base_target, conc, dur).await;
+        println!(
+            "{:>5} | {:>9.0} {:>9.0} {:>6} | {:>26} | {:>26}",
+            conc,
+            ours.ok_rate(),
+            base.ok_rate(),
+            ratio(ours.ok_rate(), base.ok_rate()),
+            ours.percentiles(),
+            base.percentiles()
+        );
+        if ours.errors > 0 || base.errors > 0 {
+            println!(
+                "      errors: ours {} {:?}, base {} {:?}",
+                ours.errors, ours.error_kinds, base.errors, base.error_kinds
+            );
+        }
+        best = best.max(ours.ok_rate());
+        if conc == 32 {
+            at32 = Some((ours.ok_rate(), base.ok_rate()));
+        }
+    }
+
+    // --- Latency at half our max rate, open loop, the same rate for both. ---
+    let half = (best / 2.0).max(1.0);
+    stack.purge_work_queue().await?;
+    let ours = load::open_loop(&ours_target, half, dur).await;
+    base_a.purge().await?;
+    let base = load::open_loop(&base_target, half, dur).await;
+    println!("\n== Latency at half our max rate ({half:.0} req/s offered, open loop) ==");
+    println!(
+        "ours p50/p99/p99.9 {} ms | base(a) {} ms | p99 ratio {}",
+        ours.percentiles(),
+        base.percentiles(),
+        ratio(ours.p(0.99).as_secs_f64(), base.p(0.99).as_secs_f64())
+    );
+
+    // --- Scrape cost: the same c=32 level while /metrics is scraped 10 times a second. ---
+    stack.purge_work_queue().await?;
+    let plain = load::closed_loop(&ours_target, 32, dur).await;
+    let scraper = stack.scrape_metrics_every(Duration::from_millis(100));
+    stack.purge_work_queue().await?;
+    let scraped = load::closed_loop(&ours_target, 32, dur).await;
+    let scrapes = scraper.stop().await;
+    println!("\n== /metrics scrape cost (c=32) ==");
+    println!(
+        "without scraping {:.0} r/s p99 {} ms | scraped 10/s ({} scrapes, avg {} ms each) {:.0} r/s p99 {} ms | ratio {}",
+        plain.ok_rate(),
+        ms(plain.p(0.99)),
+        scrapes.0,
+        ms(scrapes.1),
+        scraped.ok_rate(),
+        ms(scraped.p(0.99)),
+        ratio(scraped.ok_rate(), plain.ok_rate())
+    );
+    base_a.stop().await;
+    stack.stop().await;
+
+    // --- End-to-end: drain a pre-filled queue of N jobs; ours vs baseline (b). ---
+    let n = a.e2e_jobs;
+    let mut stack = Stack::new(c.db, &c.amqp_url, &c.pg_url, n, 2_000_000).await?;
+    stack.start_api(&[]).await?;
+    let target = Target::ours(&stack);
+    let filled = load::fill_distinct(&target, n, 32).await;
+    anyhow::ensure!(filled == n, "only {filled} of {n} sends were accepted");
+    provider.reset();
+    let t0 = Instant::now();
+    stack.start_worker(&provider, &[]).await?;
+    provider
+        .wait_for(n, Duration::from_secs(600))
+        .await
+        .context("our worker did not deliver every job")?;
+    let ours_e2e = n as f64 / t0.elapsed().as_secs_f64();
+    stack.wait_terminal(n, Duration::from_secs(60)).await?;
+
+    // accept→Sent latency in flow: half the measured drain rate, worker running.
+    let flow_rate = (ours_e2e / 2.0).max(1.0);
+    let mut flow_stack = Stack::new(c.db, &c.amqp_url, &c.pg_url, 20_000, 2_000_000).await?;
+    flow_stack.start_api(&[]).await?;
+    flow_stack.start_worker(&provider, &[]).await?;
+    let flow_target = Target::ours(&flow_stack);
+    let since = msgcontact::time::now_ms();
+    let flow = load::open_loop(&flow_target, flow_rate, dur).await;
+    flow_stack
+        .wait_terminal(flow.ok as usize, Duration::from_secs(120))
+        .await?;
+    let sent_lat = flow_stack.accept_to_sent_ms(since).await?;
+    flow_stack.stop().await;
+    stack.stop().await;
+
+    provider.reset();
+    let base_e2e = baseline::pipeline_drain(&c.amqp_url, c.db, &c.pg_url, &provider, n).await?;
+    println!("\n== End to end: drain of {n} pre-filled jobs, provider unlimited ==");
+    println!(
+        "ours {ours_e2e:.0} jobs/s | base(b) {base_e2e:.0} jobs/s | ratio {}",
+        ratio(ours_e2e, base_e2e)
+    );
+    println!(
+        "accept→Sent at {flow_rate:.0} sends/s (worker running): p50 {} ms, p99 {} ms over {} requests",
+        sent_lat.0, sent_lat.1, sent_lat.2
+    );
+
+    println!("\n== Targets ==");
+    if let Some((o, b)) = at32 {
+        println!(
+            "accepted r/s at c=32 ≥ 0.8× base(a): {} ({:.2})",
+            if o >= 0.8 * b { "met" } else { "NOT met" },
+            o / b
+        );
+    }
+    println!(
+        "p99 at half max ≤ 2× base(a) p99: {} ({:.2})",
+        if ours.p(0.99) <= base.p(0.99) * 2 {
+            "met"
+        } else {
+            "NOT met"
+        },
+        ours.p(0.99).as_secs_f64() / base.p(0.99).as_secs_f64().max(1e-9)
+    );
+    println!(
+        "end-to-end jobs/s ≥ 0.8× base(b): {} ({:.2})",
+        if ours_e2e >= 0.8 * base_e2e {
+            "met"
+        } else {
+            "NOT met"
+        },
+        ours_e2e / base_e2e
+    );
+    provider.stop().await;
+    Ok(())
+}
+
+async fn held(a: HeldArgs) -> anyhow::Result<()> {
+    let c = &a.common;
+    let offered = a.offered as f64;
+    let minutes = a.minutes;
+    // Distinct contacts for every send, so superseding does not hide work from the provider.
+    let contacts = (a.offered as u64 * 60 * minutes) as usize + 1000;
+    println!(
+        "msgcontact-bench held: database {:?}, {offered:.0} sends/s offered for {minutes} min, provider {} SMS/s, queue max length {}",
+        c.db, a.provider_rate, a.queue_max_length
+    );
+    let provider = FakeProvider::start(Some(a.provider_rate)).await?;
+    let mut stack = Stack::new(c.db, &c.amqp_url, &c.pg_url, contacts, a.queue_max_length).await?;
+    stack.start_api(&[]).await?;
+    stack
+        .start_worker(
+            &provider,
+            &[("MSGCONTACT_PROVIDER_RATE", a.provider_rate.to_string())],
+        )
+        .await?;
+    let target = Target::ours(&stack);
+    println!(
+        "{:>3} | {:>7} {:>6} {:>6} | {:>9} {:>9} | {:>10} {:>10} | {:>7} | {:>6}",
+        "min",
+        "200s",
+        "503s",
+        "other",
+        "p99 200",
+        "p99 503",
+        "API RSS",
+        "worker RSS",
+        "depth",
+        "SMS"
+    );
+    let started = Instant::now();
+    let mut total_ok = 0u64;
+    for minute in 1..=minutes {
+        let s: Stats = load::open_loop(&target, offered, Duration::from_secs(60)).await;
+        total_ok += s.ok;
+        let depth = stack.work_depth().await.unwrap_or(0);
+        println!(
+            "{:>3} | {:>7} {:>6} {:>6} | {:>9} {:>9} | {:>10} {:>10} | {:>7} | {:>6}",
+            minute,
+            s.ok,
+            s.unavailable,
+            s.errors - s.unavailable,
+            ms(s.p(0.99)),
+            ms(s.p_unavailable(0.99)),
+            stack::rss_mib(stack.api_pid()),
+            stack::rss_mib(stack.worker_pid()),
+            depth,
+            provider.count()
+        );
+    }
+    println!(
+        "load stopped after {:.0} s; {total_ok} accepted. Draining…",
+        started.elapsed().as_secs_f64()
+    );
+    let drain_start = Instant::now();
+    let sms_at_stop = provider.count();
+    let mut last = Instant::now();
+    loop {
+        let (terminal, live) = stack.terminal_and_live().await?;
+        if last.elapsed() >= Duration::from_secs(60) || live == 0 {
+            let secs = drain_start.elapsed().as_secs_f64().max(1e-3);
+            println!(
+                "drain {:>5.0} s: terminal {terminal}, live {live}, depth {}, SMS since stop {} ({:.1}/s)",
+                secs,
+                stack.work_depth().await.unwrap_or(0),
+                provider.count() - sms_at_stop,
+                (provider.count() - sms_at_stop) as f64 / secs
+            );
+            last = Instant::now();
+        }
+        if live == 0 {
+            break;
+        }
+        if drain_start.elapsed() > Duration::from_secs(a.drain_minutes * 60) {
+            println!("drain did not finish within {} min", a.drain_minutes);
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let summary = stack.outcome_summary().await?;
+    println!(
+        "outcomes: {summary:?}; provider accepted {} SMS, {} duplicate RequestIds",
+        provider.count(),
+        provider.duplicates()
+    );
+    stack.stop().await;
+    provider.stop().await;
+    Ok(())
+}

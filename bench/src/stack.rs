@@ -1,0 +1,518 @@
+//! The system under test: a fresh database and queue prefix, the real binaries as child processes,
+//! and a fake SMS provider (the webhook protocol) that counts what it receives.
+
+use std::{
+    collections::HashSet,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use axum::{Json, Router, extract::State, http::StatusCode, routing::post};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use msgcontact::{
+    domain::{ContactId, MessageTypes},
+    entities::{contact, send_request},
+    job::Topology,
+};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, Database, DatabaseConnection, EntityTrait, PaginatorTrait,
+    QueryFilter, QuerySelect, Set,
+};
+use serde_json::Value;
+use tokio::process::{Child, Command};
+
+pub const ACCOUNT: &str = "1000000000000001";
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Db {
+    Sqlite,
+    Postgres,
+}
+
+/// Receives SMS as the webhook provider sends them; answers 429 beyond its rate, like a provider.
+#[derive(Clone)]
+pub struct FakeProvider {
+    pub url: String,
+    inner: Arc<ProviderState>,
+    task: Arc<tokio::task::JoinHandle<()>>,
+}
+
+struct ProviderState {
+    count: AtomicU64,
+    duplicates: AtomicU64,
+    seen: Mutex<HashSet<String>>,
+    limiter: Option<DefaultDirectRateLimiter>,
+}
+
+impl FakeProvider {
+    pub async fn start(rate: Option<u32>) -> anyhow::Result<Self> {
+        let inner = Arc::new(ProviderState {
+            count: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
+            seen: Mutex::new(HashSet::new()),
+            limiter: rate
+                .and_then(std::num::NonZeroU32::new)
+                // A burst of one second's worth, as provider contracts usually allow.
+                .map(|r| RateLimiter::direct(Quota::per_second(r))),
+        });
+        async fn receive(
+            State(s): State<Arc<ProviderState>>,
+            Json(body): Json<Value>,
+        ) -> (StatusCode, [(&'static str, &'static str); 1]) {
+            if let Some(l) = &s.limiter
+                && l.check().is_err()
+            {
+                return (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "1")]);
+            }
+            let id = body["request_id"].as_str().unwrap_or_default().to_owned();
+            if !s.seen.lock().unwrap().insert(id) {
+                s.duplicates.fetch_add(1, Ordering::Relaxed);
+            }
+            s.count.fetch_add(1, Ordering::Relaxed);
+            (StatusCode::OK, [("content-type", "application/json")])
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let app = Router::new()
+            .route("/sms", post(receive))
+            .with_state(inner.clone());
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Self {
+            url: format!("http://{addr}/sms"),
+            inner,
+            task: Arc::new(task),
+        })
+    }
+
+    pub fn count(&self) -> u64 {
+        self.inner.count.load(Ordering::Relaxed)
+    }
+
+    pub fn duplicates(&self) -> u64 {
+        self.inner.duplicates.load(Ordering::Relaxed)
+    }
+
+    pub fn reset(&self) {
+        self.inner.count.store(0, Ordering::Relaxed);
+        self.inner.duplicates.store(0, Ordering::Relaxed);
+        self.inner.seen.lock().unwrap().clear();
+    }
+
+    pub async fn wait_for(&self, n: usize, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        while self.count() < n as u64 {
+            if Instant::now() > deadline {
+                bail!("provider received {} of {n}", self.count());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(())
+    }
+
+    pub async fn stop(self) {
+        self.task.abort();
+    }
+}
+
+/// Directory holding the binaries under test (next to this executable).
+fn bin(name: &str) -> anyhow::Result<PathBuf> {
+    let dir = std::env::current_exe()?
+        .parent()
+        .context("executable directory")?
+        .to_path_buf();
+    let p = dir.join(name);
+    if !p.exists() {
+        bail!(
+            "{} not found; build the workspace first (cargo build --release --workspace)",
+            p.display()
+        );
+    }
+    Ok(p)
+}
+
+fn free_addr() -> anyhow::Result<SocketAddr> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+/// Resident set size of a process in MiB, from /proc.
+pub fn rss_mib(pid: Option<u32>) -> String {
+    let Some(pid) = pid else {
+        return "-".into();
+    };
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or("-".into(), |kb| format!("{:.1} MiB", kb / 1024.0))
+}
+
+pub struct Stack {
+    pub db_url: String,
+    pub prefix: String,
+    pub db: DatabaseConnection,
+    pub key_id: String,
+    pub secret: String,
+    pub contacts: Arc<Vec<(String, String)>>,
+    amqp_url: String,
+    queue_max_length: u32,
+    dir: PathBuf,
+    pg: Option<(String, String)>,
+    api: Option<(Child, SocketAddr)>,
+    worker: Option<Child>,
+}
+
+impl Stack {
+    /// A fresh database with one account, one key and `contacts` contacts pending verification.
+    pub async fn new(
+        db: Db,
+        amqp_url: &str,
+        pg_url: &str,
+        contacts: usize,
+        queue_max_length: u32,
+    ) -> anyhow::Result<Self> {
+        let tag = uuid::Uuid::new_v4().simple().to_string()[..10].to_owned();
+        let dir = std::env::temp_dir().join(format!("msgcontact-bench-{tag}"));
+        std::fs::create_dir_all(&dir)?;
+        let (db_url, pg) = match db {
+            Db::Sqlite => (
+                format!("sqlite://{}/db.sqlite?mode=rwc", dir.display()),
+                None,
+            ),
+            Db::Postgres => {
+                let name = format!("msgcontact_bench_{tag}");
+                let admin = Database::connect(pg_url)
+                    .await
+                    .with_context(|| format!("PostgreSQL at {pg_url}"))?;
+                admin
+                    .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
+                    .await?;
+                let root = pg_url.rsplit_once('/').context("PostgreSQL URL")?.0;
+                (format!("{root}/{name}"), Some((pg_url.to_owned(), name)))
+            }
+        };
+        let conn = msgcontact::db::connect(&db_url, 4).await?;
+        let key_id = format!("LTAIbench{tag}");
+        let secret = "benchSecret".to_owned();
+        msgcontact_api::cli::create_key(&conn, ACCOUNT, Some(key_id.clone()), Some(secret.clone()))
+            .await?;
+        let types = MessageTypes::parse(&["FaultMessage"])?.to_stored();
+        let mut list = Vec::with_capacity(contacts);
+        let now = msgcontact::time::now_ms();
+        for chunk_start in (0..contacts).step_by(1000) {
+            let mut rows = Vec::new();
+            for i in chunk_start..(chunk_start + 1000).min(contacts) {
+                let id = ContactId::generate().to_string();
+                let phone = format!("86-139{:08}", i);
+                rows.push(contact::ActiveModel {
+                    contact_id: Set(id.clone()),
+                    account_id: Set(ACCOUNT.into()),
+                    name: Set(format!("bench{i}")),
+                    email: Set(format!("b{i}@example.com")),
+                    title: Set("Other".into()),
+                    message_types: Set(types.clone()),
+                    phone: Set(None),
+                    pending_phone: Set(Some(phone.clone())),
+                    last_send_ms: Set(None),
+                    created_ms: Set(now),
+                    updated_ms: Set(now),
+                });
+                list.push((id, phone));
+            }
+            contact::Entity::insert_many(rows)
+                .exec_without_returning(&conn)
+                .await?;
+        }
+        Ok(Self {
+            db_url,
+            prefix: format!("bench-{tag}"),
+            db: conn,
+            key_id,
+            secret,
+            contacts: Arc::new(list),
+            amqp_url: amqp_url.to_owned(),
+            queue_max_length,
+            dir,
+            pg,
+            api: None,
+            worker: None,
+        })
+    }
+
+    fn command(&self, binary: &str, log: &str) -> anyhow::Result<Command> {
+        let mut cmd = Command::new(bin(binary)?);
+        cmd.env("MSGCONTACT_DATABASE_URL", &self.db_url)
+            .env("MSGCONTACT_AMQP_URL", &self.amqp_url)
+            .env("MSGCONTACT_QUEUE_PREFIX", &self.prefix)
+            .env(
+                "MSGCONTACT_QUEUE_MAX_LENGTH",
+                self.queue_max_length.to_string(),
+            )
+            // Every send goes to a distinct contact or far apart: the quota and cooldown are
+            // still checked and written on every request, they just never refuse.
+            .env("MSGCONTACT_DAILY_LIMIT", "1000000000")
+            .env("MSGCONTACT_RESEND_COOLDOWN_SECS", "0")
+            .env("MSGCONTACT_LOG_FORMAT", "json")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(self.dir.join(log))?)
+            .kill_on_drop(true);
+        Ok(cmd)
+    }
+
+    pub async fn start_api(&mut self, env: &[(&str, String)]) -> anyhow::Result<()> {
+        let addr = free_addr()?;
+        let mut cmd = self.command("msgcontact-api", "api.log")?;
+        cmd.env("MSGCONTACT_API_LISTEN", addr.to_string());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn()?;
+        self.api = Some((child, addr));
+        wait_healthy(addr).await
+    }
+
+    pub async fn start_worker(
+        &mut self,
+        provider: &FakeProvider,
+        env: &[(&str, String)],
+    ) -> anyhow::Result<()> {
+        let addr = free_addr()?;
+        let mut cmd = self.command("msgcontact-worker", "worker.log")?;
+        cmd.env("MSGCONTACT_WORKER_LISTEN", addr.to_string())
+            .env("MSGCONTACT_SMS_PROVIDER", "webhook")
+            .env("MSGCONTACT_WEBHOOK_URL", &provider.url)
+            .env("MSGCONTACT_WEBHOOK_SECRET", "bench")
+            .env("MSGCONTACT_PROVIDER_RATE", "100000");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        self.worker = Some(cmd.spawn()?);
+        wait_healthy(addr).await
+    }
+
+    pub fn api_addr(&self) -> SocketAddr {
+        self.api.as_ref().expect("API started").1
+    }
+
+    pub fn api_pid(&self) -> Option<u32> {
+        self.api.as_ref().and_then(|a| a.0.id())
+    }
+
+    pub fn worker_pid(&self) -> Option<u32> {
+        self.worker.as_ref().and_then(|w| w.id())
+    }
+
+    fn topology(&self) -> Topology {
+        Topology::new(
+            &self.prefix,
+            self.queue_max_length,
+            "5,30,120,600"
+                .parse::<msgcontact::config::RetryDelays>()
+                .expect("default delays")
+                .0,
+        )
+    }
+
+    pub async fn work_depth(&self) -> anyhow::Result<u32> {
+        let conn = lapin::Connection::connect(&self.amqp_url, Default::default()).await?;
+        let ch = conn.create_channel().await?;
+        let q = ch
+            .queue_declare(
+                self.topology().work_queue().as_str().into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                Default::default(),
+            )
+            .await?;
+        let _ = conn.close(200, "".into()).await;
+        Ok(q.message_count())
+    }
+
+    pub async fn purge_work_queue(&self) -> anyhow::Result<()> {
+        let conn = lapin::Connection::connect(&self.amqp_url, Default::default()).await?;
+        let ch = conn.create_channel().await?;
+        ch.queue_purge(
+            self.topology().work_queue().as_str().into(),
+            Default::default(),
+        )
+        .await?;
+        let _ = conn.close(200, "".into()).await;
+        Ok(())
+    }
+
+    /// Requests in a terminal state, and the ones still live.
+    pub async fn terminal_and_live(&self) -> anyhow::Result<(u64, u64)> {
+        let live = send_request::Entity::find()
+            .filter(send_request::Column::Status.is_in(["Queued", "Sending", "Retrying"]))
+            .count(&self.db)
+            .await?;
+        let all = send_request::Entity::find().count(&self.db).await?;
+        Ok((all - live, live))
+    }
+
+    pub async fn wait_terminal(&self, n: usize, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let (terminal, live) = self.terminal_and_live().await?;
+            if live == 0 && terminal >= n as u64 {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("{terminal} terminal, {live} live after {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// p50 and p99 of sent_ms − accepted_ms (ms) of requests accepted since `since_ms`, and the count.
+    pub async fn accept_to_sent_ms(&self, since_ms: i64) -> anyhow::Result<(i64, i64, usize)> {
+        let rows: Vec<(i64, Option<i64>)> = send_request::Entity::find()
+            .select_only()
+            .column(send_request::Column::AcceptedMs)
+            .column(send_request::Column::SentMs)
+            .filter(send_request::Column::AcceptedMs.gte(since_ms))
+            .filter(send_request::Column::Status.eq("Sent"))
+            .into_tuple()
+            .all(&self.db)
+            .await?;
+        let mut lat: Vec<i64> = rows
+            .into_iter()
+            .filter_map(|(a, s)| s.map(|s| s - a))
+            .collect();
+        lat.sort();
+        let pick = |q: f64| {
+            lat.get(((lat.len() as f64 * q).ceil() as usize).saturating_sub(1))
+                .copied()
+                .unwrap_or(0)
+        };
+        Ok((pick(0.5), pick(0.99), lat.len()))
+    }
+
+    /// Count of requests per (status, failure code).
+    pub async fn outcome_summary(&self) -> anyhow::Result<Vec<(String, Option<String>, i64)>> {
+        let rows: Vec<(String, Option<String>, i64)> = send_request::Entity::find()
+            .select_only()
+            .column(send_request::Column::Status)
+            .column(send_request::Column::FailureCode)
+            .column_as(send_request::Column::RequestId.count(), "n")
+            .group_by(send_request::Column::Status)
+            .group_by(send_request::Column::FailureCode)
+            .into_tuple()
+            .all(&self.db)
+            .await?;
+        Ok(rows)
+    }
+
+    /// Scrapes the API's /metrics at an interval until stopped; reports (scrapes, mean duration).
+    pub fn scrape_metrics_every(&self, every: Duration) -> Scraper {
+        let url = format!("http://{}/metrics", self.api_addr());
+        let stop = tokio_util_stop();
+        let flag = stop.clone();
+        let task = tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let mut tick = tokio::time::interval(every);
+            let (mut n, mut total) = (0u32, Duration::ZERO);
+            while !flag.load(Ordering::Relaxed) {
+                tick.tick().await;
+                let at = Instant::now();
+                if let Ok(r) = client.get(&url).send().await {
+                    let _ = r.bytes().await;
+                    n += 1;
+                    total += at.elapsed();
+                }
+            }
+            (n, total / n.max(1))
+        });
+        Scraper { stop, task }
+    }
+
+    /// Stops the processes, removes the queues and the database.
+    pub async fn stop(mut self) {
+        for child in [self.worker.take(), self.api.take().map(|a| a.0)]
+            .into_iter()
+            .flatten()
+        {
+            terminate(child).await;
+        }
+        if let Ok(conn) = lapin::Connection::connect(&self.amqp_url, Default::default()).await
+            && let Ok(ch) = conn.create_channel().await
+        {
+            let t = self.topology();
+            let mut queues = vec![t.work_queue(), t.dead_letter_queue()];
+            queues.extend((0..t.retry_delays.len()).map(|l| t.retry_queue(l)));
+            for q in queues {
+                let _ = ch.queue_delete(q.as_str().into(), Default::default()).await;
+            }
+            let _ = conn.close(200, "".into()).await;
+        }
+        let _ = self.db.clone().close().await;
+        if let Some((admin_url, name)) = &self.pg
+            && let Ok(admin) = Database::connect(admin_url.as_str()).await
+        {
+            let _ = admin
+                .execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                .await;
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn tokio_util_stop() -> Arc<std::sync::atomic::AtomicBool> {
+    Arc::new(std::sync::atomic::AtomicBool::new(false))
+}
+
+pub struct Scraper {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<(u32, Duration)>,
+}
+
+impl Scraper {
+    pub async fn stop(self) -> (u32, Duration) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.unwrap_or_default()
+    }
+}
+
+/// SIGTERM, then a kill if it does not exit within 30 s.
+pub async fn terminate(mut child: Child) {
+    if let Some(pid) = child.id() {
+        let _ = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status();
+    }
+    if tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .is_err()
+    {
+        let _ = child.kill().await;
+    }
+}
+
+async fn wait_healthy(addr: SocketAddr) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(r) = client.get(format!("http://{addr}/readyz")).send().await
+            && r.status().is_success()
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("process at {addr} did not become ready (see its log)");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
