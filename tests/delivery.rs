@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Backend, Options, TestApp, depth, fake_sms::Step};
+use common::{Backend, Options, TestApp, assert_invariants, depth, fake_sms::Step};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 
 on_both_backends! {
@@ -21,6 +21,8 @@ on_both_backends! {
     a_full_queue_answers_503_and_releases_the_quota;
     jobs_survive_a_worker_restart_mid_batch;
     dead_letters_can_be_listed_and_replayed;
+    a_request_older_than_a_code_expires_unsent;
+    the_per_phone_guard_delays_without_failing;
 }
 
 const PHONE: &str = "86-13912341234";
@@ -42,82 +44,6 @@ async fn send(app: &TestApp, contact: &str) -> String {
         )
         .await;
     r.assert_ok()["RequestId"].as_str().unwrap().to_owned()
-}
-
-/// SPEC §7 over the history of a scenario: every accepted request terminal exactly once, at most
-/// one SMS per request (two only after an ambiguous attempt), the quota equal to what was accepted,
-/// and nothing left in the work or retry queues.
-async fn assert_invariants(app: &TestApp, accepted: &[String]) {
-    use msgcontact::entities::{daily_counter, send_request};
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let rows = send_request::Entity::find().all(&app.db).await.unwrap();
-        let live: Vec<_> = rows
-            .iter()
-            .filter(|r| {
-                !msgcontact::status::SendStatus::parse(&r.status)
-                    .unwrap()
-                    .is_terminal()
-            })
-            .collect();
-        if live.is_empty() {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "requests stuck: {live:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let rows = send_request::Entity::find().all(&app.db).await.unwrap();
-    for id in accepted {
-        let r = rows
-            .iter()
-            .find(|r| &r.request_id == id)
-            .unwrap_or_else(|| panic!("accepted {id} lost"));
-        let delivered = app.sms.delivered(id) + app.inbox.for_request(id).len();
-        let allowed = if r.ambiguous_attempts > 0 { 2 } else { 1 };
-        assert!(
-            delivered <= allowed,
-            "{id}: {delivered} SMS (ambiguous attempts {})",
-            r.ambiguous_attempts
-        );
-        if r.status == "Sent" {
-            assert!(
-                delivered >= 1,
-                "{id} is Sent but the provider never delivered it"
-            );
-        }
-    }
-    let counted: i32 = daily_counter::Entity::find()
-        .filter(daily_counter::Column::AccountId.eq(app.key.account.as_str()))
-        .all(&app.db)
-        .await
-        .unwrap()
-        .iter()
-        .map(|c| c.count)
-        .sum();
-    let publish_failed = rows
-        .iter()
-        .filter(|r| r.failure_code.as_deref() == Some("PublishFailed"))
-        .count();
-    assert_eq!(
-        counted as usize,
-        rows.len() - publish_failed,
-        "quota conservation"
-    );
-    assert!(
-        app.sms.received().iter().all(|r| r.signature_ok),
-        "every provider call is correctly signed"
-    );
-    assert_eq!(depth(&app.work_queue()).await, 0, "work queue drained");
-    for l in 0..3 {
-        assert_eq!(
-            depth(&format!("{}.send.retry.{l}", app.prefix)).await,
-            0,
-            "retry level {l} drained"
-        );
-    }
 }
 
 async fn transient_failures_are_retried_until_sent(backend: Backend) {
@@ -277,6 +203,64 @@ async fn a_newer_request_supersedes_a_queued_one(backend: Backend) {
         "a superseded request sends nothing"
     );
     assert_invariants(&app, &[older, newer]).await;
+    app.cleanup().await;
+}
+
+async fn a_request_older_than_a_code_expires_unsent(backend: Backend) {
+    let mut app = TestApp::spawn_with(
+        backend,
+        Options {
+            worker: false,
+            code_ttl_secs: 2,
+            ..aliyun()
+        },
+    )
+    .await;
+    let id = app.add_contact("stale", Some(PHONE)).await;
+    let rid = send(&app, &id).await;
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    app.start_worker().await;
+    let r = app.wait_status(&rid, "Failed", 10).await;
+    assert_eq!(r["FailureCode"], "CodeExpired", "{r}");
+    assert!(
+        app.sms.for_request(&rid).is_empty(),
+        "no SMS for a stale request"
+    );
+    assert_invariants(&app, &[rid]).await;
+    app.cleanup().await;
+}
+
+async fn the_per_phone_guard_delays_without_failing(backend: Backend) {
+    // One SMS at once per phone, one more every 5 s: longer than the in-process hold, so the
+    // second and third sends to the same number are parked in the delay queues, not failed.
+    let app = TestApp::spawn_with(
+        backend,
+        Options {
+            phone_burst: 1,
+            phone_per_minute: 12,
+            ..aliyun()
+        },
+    )
+    .await;
+    let mut ids = Vec::new();
+    for n in ["guarda", "guardb", "guardc"] {
+        let contact = app.add_contact(n, Some(PHONE)).await;
+        ids.push(send(&app, &contact).await);
+    }
+    let started = std::time::Instant::now();
+    for rid in &ids {
+        let r = app.wait_status(rid, "Sent", 30).await;
+        assert_eq!(
+            r["Attempts"], 1,
+            "waiting for the guard is not an attempt: {r}"
+        );
+    }
+    assert!(
+        started.elapsed() >= Duration::from_secs(9),
+        "three SMS to one phone must be spread over two refills, took {:?}",
+        started.elapsed()
+    );
+    assert_invariants(&app, &ids).await;
     app.cleanup().await;
 }
 

@@ -102,6 +102,8 @@ impl Options {
 #[derive(Clone, Default)]
 pub struct Inbox {
     pub messages: Arc<Mutex<Vec<Value>>>,
+    /// When each message arrived.
+    pub times: Arc<Mutex<Vec<std::time::Instant>>>,
     pub status: Arc<Mutex<u16>>,
 }
 
@@ -121,6 +123,7 @@ impl Inbox {
 async fn start_inbox(status: u16) -> (Inbox, SocketAddr, JoinHandle<()>) {
     let inbox = Inbox {
         messages: Default::default(),
+        times: Default::default(),
         status: Arc::new(Mutex::new(status)),
     };
     async fn receive(
@@ -130,6 +133,7 @@ async fn start_inbox(status: u16) -> (Inbox, SocketAddr, JoinHandle<()>) {
         let status = *inbox.status.lock().unwrap();
         if status == 200 {
             inbox.messages.lock().unwrap().push(body);
+            inbox.times.lock().unwrap().push(std::time::Instant::now());
         }
         axum::http::StatusCode::from_u16(status).unwrap()
     }
@@ -213,6 +217,7 @@ pub struct TestApp {
     worker_shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
     worker_task: Option<JoinHandle<()>>,
+    extra_workers: Vec<JoinHandle<()>>,
     pub worker_addr: Option<SocketAddr>,
     pg_database: Option<String>,
     _dir: Option<TempDir>,
@@ -349,6 +354,7 @@ impl TestApp {
             worker_shutdown: CancellationToken::new(),
             tasks,
             worker_task: None,
+            extra_workers: Vec::new(),
             worker_addr: None,
             pg_database,
             _dir: dir,
@@ -373,7 +379,25 @@ impl TestApp {
     pub async fn start_worker(&mut self) {
         assert!(self.worker_task.is_none(), "worker already running");
         self.worker_shutdown = CancellationToken::new();
-        let worker = msgcontact_worker::Application::build(msgcontact_worker::Config {
+        let worker = self.build_worker().await;
+        self.worker_addr = Some(worker.local_addr());
+        let stop = self.worker_shutdown.clone();
+        self.worker_task = Some(tokio::spawn(async move {
+            worker.run_until_stopped(stop).await.unwrap();
+        }));
+    }
+
+    /// One more worker process (the same code and configuration), stopped with the first one.
+    pub async fn start_extra_worker(&mut self) {
+        let worker = self.build_worker().await;
+        let stop = self.worker_shutdown.clone();
+        self.extra_workers.push(tokio::spawn(async move {
+            worker.run_until_stopped(stop).await.unwrap();
+        }));
+    }
+
+    async fn build_worker(&self) -> msgcontact_worker::Application {
+        msgcontact_worker::Application::build(msgcontact_worker::Config {
             infra: infra(&self.db_url, &self.prefix, self.options.queue_max_length),
             policy: self.policy(),
             worker: msgcontact_worker::WorkerOptions {
@@ -403,17 +427,15 @@ impl TestApp {
             },
         })
         .await
-        .expect("worker failed to start");
-        self.worker_addr = Some(worker.local_addr());
-        let stop = self.worker_shutdown.clone();
-        self.worker_task = Some(tokio::spawn(async move {
-            worker.run_until_stopped(stop).await.unwrap();
-        }));
+        .expect("worker failed to start")
     }
 
     pub async fn stop_worker(&mut self) {
         self.worker_shutdown.cancel();
         if let Some(t) = self.worker_task.take() {
+            t.await.unwrap();
+        }
+        for t in self.extra_workers.drain(..) {
             t.await.unwrap();
         }
     }
@@ -619,6 +641,83 @@ impl TestApp {
                     .await;
             }
         }
+    }
+}
+
+/// SPEC §7 over the history of a scenario: every accepted request terminal exactly once, at most
+/// one SMS per request (two only after an ambiguous attempt), the quota equal to what was accepted,
+/// and nothing left in the work or retry queues.
+pub async fn assert_invariants(app: &TestApp, accepted: &[String]) {
+    use msgcontact::entities::{daily_counter, send_request};
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let rows = send_request::Entity::find().all(&app.db).await.unwrap();
+        let live: Vec<_> = rows
+            .iter()
+            .filter(|r| {
+                !msgcontact::status::SendStatus::parse(&r.status)
+                    .unwrap()
+                    .is_terminal()
+            })
+            .collect();
+        if live.is_empty() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "requests stuck: {live:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let rows = send_request::Entity::find().all(&app.db).await.unwrap();
+    for id in accepted {
+        let r = rows
+            .iter()
+            .find(|r| &r.request_id == id)
+            .unwrap_or_else(|| panic!("accepted {id} lost"));
+        let delivered = app.sms.delivered(id) + app.inbox.for_request(id).len();
+        let allowed = if r.ambiguous_attempts > 0 { 2 } else { 1 };
+        assert!(
+            delivered <= allowed,
+            "{id}: {delivered} SMS (ambiguous attempts {})",
+            r.ambiguous_attempts
+        );
+        if r.status == "Sent" {
+            assert!(
+                delivered >= 1,
+                "{id} is Sent but the provider never delivered it"
+            );
+        }
+    }
+    let counted: i32 = daily_counter::Entity::find()
+        .filter(daily_counter::Column::AccountId.eq(app.key.account.as_str()))
+        .all(&app.db)
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.count)
+        .sum();
+    let publish_failed = rows
+        .iter()
+        .filter(|r| r.failure_code.as_deref() == Some("PublishFailed"))
+        .count();
+    assert_eq!(
+        counted as usize,
+        rows.len() - publish_failed,
+        "quota conservation"
+    );
+    assert!(
+        app.sms.received().iter().all(|r| r.signature_ok),
+        "every provider call is correctly signed"
+    );
+    assert_eq!(depth(&app.work_queue()).await, 0, "work queue drained");
+    for l in 0..3 {
+        assert_eq!(
+            depth(&format!("{}.send.retry.{l}", app.prefix)).await,
+            0,
+            "retry level {l} drained"
+        );
     }
 }
 
