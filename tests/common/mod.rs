@@ -387,6 +387,85 @@ impl TestApp {
         }));
     }
 
+    /// The environment that makes a `msgcontact-worker` process equal to `build_worker`'s worker.
+    pub fn worker_env(&self) -> Vec<(String, String)> {
+        let o = &self.options;
+        [
+            ("MSGCONTACT_DATABASE_URL", self.db_url.clone()),
+            ("MSGCONTACT_AMQP_URL", amqp_url()),
+            ("MSGCONTACT_QUEUE_PREFIX", self.prefix.clone()),
+            (
+                "MSGCONTACT_QUEUE_MAX_LENGTH",
+                o.queue_max_length.to_string(),
+            ),
+            ("MSGCONTACT_RETRY_DELAYS_SECS", "0.3,1,1".into()),
+            ("MSGCONTACT_DATABASE_POOL", "8".into()),
+            ("MSGCONTACT_SUPPORTED_COUNTRY_CODES", "86".into()),
+            ("MSGCONTACT_DAILY_LIMIT", o.daily_limit.to_string()),
+            (
+                "MSGCONTACT_RESEND_COOLDOWN_SECS",
+                o.cooldown_secs.to_string(),
+            ),
+            ("MSGCONTACT_CODE_TTL_SECS", o.code_ttl_secs.to_string()),
+            ("MSGCONTACT_WORKER_LISTEN", "127.0.0.1:0".into()),
+            (
+                "MSGCONTACT_SMS_PROVIDER",
+                if o.aliyun { "aliyun" } else { "webhook" }.into(),
+            ),
+            (
+                "MSGCONTACT_WEBHOOK_URL",
+                format!("http://{}/sms", self.inbox_addr),
+            ),
+            ("MSGCONTACT_WEBHOOK_SECRET", self.webhook_secret.clone()),
+            ("MSGCONTACT_ALIYUN_SMS_ENDPOINT", self.sms.addr.to_string()),
+            ("MSGCONTACT_ALIYUN_SMS_PROTOCOL", "http".into()),
+            (
+                "MSGCONTACT_ALIYUN_ACCESS_KEY_ID",
+                fake_sms::ACCESS_KEY_ID.into(),
+            ),
+            (
+                "MSGCONTACT_ALIYUN_ACCESS_KEY_SECRET",
+                fake_sms::ACCESS_KEY_SECRET.into(),
+            ),
+            ("MSGCONTACT_ALIYUN_SMS_SIGN_NAME", "msgcontact".into()),
+            ("MSGCONTACT_ALIYUN_SMS_TEMPLATE_CODE", "SMS_0001".into()),
+            ("MSGCONTACT_PROVIDER_RATE", "1000".into()),
+            ("MSGCONTACT_PHONE_BURST", o.phone_burst.to_string()),
+            (
+                "MSGCONTACT_PHONE_PER_MINUTE",
+                o.phone_per_minute.to_string(),
+            ),
+            (
+                "MSGCONTACT_PROVIDER_TIMEOUT_MS",
+                o.provider_timeout_ms.to_string(),
+            ),
+            ("MSGCONTACT_LOG_FORMAT", "json".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+    }
+
+    /// Starts the real worker binary as a child process (so it can be SIGKILLed), with
+    /// `extra` overriding the environment.
+    pub fn spawn_worker_process(
+        &self,
+        binary: &str,
+        extra: &[(&str, &str)],
+    ) -> std::process::Child {
+        let mut cmd = std::process::Command::new(binary);
+        cmd.envs(self.worker_env());
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        if std::env::var_os("RUST_LOG").is_none() {
+            cmd.stderr(std::process::Stdio::null());
+        }
+        cmd.stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start the worker binary")
+    }
+
     /// One more worker process (the same code and configuration), stopped with the first one.
     pub async fn start_extra_worker(&mut self) {
         let worker = self.build_worker().await;

@@ -1,0 +1,124 @@
+//! Faults that need the worker as a real process: SIGKILL with a full prefetch, and SIGKILL
+//! between the provider accepting an SMS and the outcome's commit. The API runs in-process (the
+//! shared harness); the worker is this crate's binary, killed with SIGKILL and started again.
+
+#[macro_use]
+#[path = "../../tests/common/mod.rs"]
+mod common;
+
+use std::{process::Child, time::Duration};
+
+use common::{Backend, Options, TestApp, assert_invariants, fake_sms::Step};
+
+const WORKER: &str = env!("CARGO_BIN_EXE_msgcontact-worker");
+
+on_both_backends! {
+    sigkill_with_a_full_prefetch_loses_nothing;
+    sigkill_between_provider_accept_and_commit;
+}
+
+fn options() -> Options {
+    Options {
+        worker: false,
+        aliyun: true,
+        cooldown_secs: 0,
+        provider_timeout_ms: 20_000,
+        ..Default::default()
+    }
+}
+
+fn name(i: usize) -> String {
+    let a = (b'a' + (i / 26) as u8) as char;
+    let b = (b'a' + (i % 26) as u8) as char;
+    format!("kill{a}{b}")
+}
+
+async fn send_to_new_contacts(app: &TestApp, n: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let phone = format!("86-139{:08}", 5000 + i);
+        let contact = app.add_contact(&name(i), Some(&phone)).await;
+        let r = app
+            .call(
+                "SendPhoneVerificationForMessageContact",
+                &[("ContactId", &contact), ("PhoneNumber", &phone)],
+            )
+            .await;
+        ids.push(r.assert_ok()["RequestId"].as_str().unwrap().to_owned());
+    }
+    ids
+}
+
+fn sigkill(child: &mut Child) {
+    let status = std::process::Command::new("kill")
+        .args(["-KILL", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let _ = child.wait();
+}
+
+async fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn sigkill_with_a_full_prefetch_loses_nothing(backend: Backend) {
+    let app = TestApp::spawn_with(backend, options()).await;
+    let accepted = send_to_new_contacts(&app, 40).await;
+    // Two SMS a second: the worker fills its prefetch of 16 and holds most of it in the limiter.
+    let mut worker = app.spawn_worker_process(WORKER, &[("MSGCONTACT_PROVIDER_RATE", "2")]);
+    wait_until("the first SMS", 30, || !app.sms.received().is_empty()).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    sigkill(&mut worker);
+    let before = app.sms.received().len();
+    assert!(
+        before < 40,
+        "the kill came too late to test anything ({before} sent)"
+    );
+    // The broker gives the unacked deliveries back; a new worker finishes the job.
+    let mut worker = app.spawn_worker_process(WORKER, &[]);
+    assert_invariants(&app, &accepted).await;
+    for id in &accepted {
+        app.wait_status(id, "Sent", 30).await;
+    }
+    let _ = worker.kill();
+    let _ = worker.wait();
+    app.cleanup().await;
+}
+
+async fn sigkill_between_provider_accept_and_commit(backend: Backend) {
+    let app = TestApp::spawn_with(backend, options()).await;
+    // The provider takes the SMS and then sits on its answer.
+    app.sms.script([Step::Hang(Duration::from_secs(30))]);
+    let accepted = send_to_new_contacts(&app, 1).await;
+    let rid = accepted[0].clone();
+    let mut worker = app.spawn_worker_process(WORKER, &[]);
+    wait_until("the provider to accept", 30, || {
+        app.sms.delivered(&rid) == 1
+    })
+    .await;
+    sigkill(&mut worker);
+    // Nothing was committed: the request is still Sending, and the delivery goes back to the queue.
+    let r = app.wait_status(&rid, "Sending", 5).await;
+    assert_eq!(r["Attempts"], 1);
+    let mut worker = app.spawn_worker_process(WORKER, &[]);
+    // The outcome of the first attempt is unknown: exactly one more attempt, then Sent.
+    let r = app.wait_status(&rid, "Sent", 30).await;
+    assert_eq!(r["Attempts"], 2, "{r}");
+    assert_eq!(
+        app.sms.delivered(&rid),
+        2,
+        "the ambiguity rule allows one more SMS, no more"
+    );
+    assert_invariants(&app, &accepted).await;
+    let _ = worker.kill();
+    let _ = worker.wait();
+    app.cleanup().await;
+}
