@@ -20,6 +20,7 @@ on_both_backends! {
     bad_input_gets_json_errors;
     tenants_are_isolated;
     daily_limit_is_exact_across_two_api_processes;
+    concurrent_replays_of_one_signed_send_are_accepted_once;
     accepted_send_is_in_the_queue_before_the_answer;
     duplicate_deliveries_send_once;
     poison_messages_are_dead_lettered_with_a_reason;
@@ -1182,5 +1183,45 @@ async fn poison_messages_are_dead_lettered_with_a_reason(backend: Backend) {
         "{reasons:?}"
     );
     let _ = conn.close(200, "bye".into()).await;
+    app.cleanup().await;
+}
+
+async fn concurrent_replays_of_one_signed_send_are_accepted_once(backend: Backend) {
+    let app = TestApp::spawn_with(
+        backend,
+        Options {
+            cooldown_secs: 0,
+            ..Options::without_worker()
+        },
+    )
+    .await;
+    let id = app.add_contact("replayed", Some(PHONE)).await;
+    let query = vec![
+        ("ContactId".to_owned(), id.clone()),
+        ("PhoneNumber".to_owned(), PHONE.to_owned()),
+    ];
+    let headers = app.sign(
+        &app.key,
+        "SendPhoneVerificationForMessageContact",
+        &query,
+        None,
+        &now_stamp(),
+        &nonce(),
+    );
+    let path = format!("/?{}", msgcontact::signing::canonical_query(&query));
+    // The same signed request ten times at once: the copies land in the same write batch.
+    let results = join_all((0..10).map(|_| app.send_raw(0, "POST", &path, &headers, vec![]))).await;
+    let ok = results.iter().filter(|r| r.status == 200).count();
+    let replays = results
+        .iter()
+        .filter(|r| r.code() == "SignatureNonceUsed")
+        .count();
+    assert_eq!(
+        (ok, replays),
+        (1, 9),
+        "{:?}",
+        results.iter().map(|r| &r.body).collect::<Vec<_>>()
+    );
+    assert_eq!(common::depth(&app.work_queue()).await, 1);
     app.cleanup().await;
 }

@@ -8,7 +8,7 @@
 //! processes. Items are applied in (account, contact) order so two processes' batches take their
 //! locks in the same order and cannot deadlock.
 
-use std::time::Duration;
+use std::{collections::HashSet, time::Duration};
 
 use msgcontact::{
     ApiError,
@@ -100,18 +100,24 @@ impl Writer {
 
 async fn run(db: DatabaseConnection, mut rx: mpsc::Receiver<Job>, max_batch: usize) {
     let mut batch = Vec::with_capacity(max_batch);
+    // Daily counter rows known to exist, so their insert is not repeated for every request.
+    let mut counters: HashSet<(String, String)> = HashSet::new();
     while rx.recv_many(&mut batch, max_batch).await > 0 {
         batch.sort_by(|a, b| a.op.order_key().cmp(&b.op.order_key()));
         metrics::histogram!("msgcontact_write_batch_size").record(batch.len() as f64);
         // One retry covers a lost deadlock or serialization race; the batch is all-or-nothing.
-        let mut outcome = apply(&db, &batch).await;
+        let mut outcome = apply(&db, &batch, &counters).await;
         if let Err(e) = &outcome {
             tracing::warn!(error = %e, size = batch.len(), "write batch failed; retrying once");
             tokio::time::sleep(Duration::from_millis(20)).await;
-            outcome = apply(&db, &batch).await;
+            outcome = apply(&db, &batch, &counters).await;
         }
         match outcome {
-            Ok(results) => {
+            Ok((results, ensured)) => {
+                if counters.len() > 100_000 {
+                    counters.clear();
+                }
+                counters.extend(ensured);
                 for (job, r) in batch.drain(..).zip(results) {
                     let _ = job.reply.send(r);
                 }
@@ -128,63 +134,108 @@ async fn run(db: DatabaseConnection, mut rx: mpsc::Receiver<Job>, max_batch: usi
     }
 }
 
-async fn apply(db: &DatabaseConnection, batch: &[Job]) -> Result<Vec<Result<(), ApiError>>, DbErr> {
+type Applied = (Vec<Result<(), ApiError>>, Vec<(String, String)>);
+
+/// One transaction for the whole batch: the nonces in one statement, then each reservation's
+/// conditional updates in order, then the accepted requests' rows in one statement.
+async fn apply(
+    db: &DatabaseConnection,
+    batch: &[Job],
+    counters: &HashSet<(String, String)>,
+) -> Result<Applied, DbErr> {
     let txn = crate::write_txn(db)
         .await
         .map_err(|e| DbErr::Custom(e.to_string()))?;
-    let mut results = Vec::with_capacity(batch.len());
-    for job in batch {
-        let r = match &job.op {
-            Op::Nonce(n) => nonce(&txn, n).await?,
-            Op::Send {
-                nonce: n,
-                reservation,
-            } => match n {
-                Some(n) => match nonce(&txn, n).await? {
-                    Ok(()) => reserve(&txn, reservation).await?,
-                    Err(e) => Err(e),
-                },
-                None => reserve(&txn, reservation).await?,
-            },
+    let mut results: Vec<Result<(), ApiError>> = vec![Ok(()); batch.len()];
+
+    // Nonces: the rows that come back inserted are fresh; a nonce already recorded, or repeated
+    // within this batch, is a replay.
+    let mut seen = HashSet::new();
+    let mut fresh_rows = Vec::new();
+    for (i, job) in batch.iter().enumerate() {
+        let n = match &job.op {
+            Op::Nonce(n) => Some(n),
+            Op::Send { nonce, .. } => nonce.as_ref(),
         };
-        results.push(r);
+        if let Some(n) = n {
+            if seen.insert((n.access_key_id.as_str(), n.nonce.as_str())) {
+                fresh_rows.push(signature_nonce::ActiveModel {
+                    access_key_id: Set(n.access_key_id.clone()),
+                    nonce: Set(n.nonce.clone()),
+                    // Kept past the timestamp window on both sides: a replay with the same nonce
+                    // is either caught here or rejected as expired.
+                    expires_ms: Set(msgcontact::time::now_ms() + 2 * MAX_SKEW_MS),
+                });
+            } else {
+                results[i] = Err(ApiError::SignatureNonceUsed);
+            }
+        }
+    }
+    if !fresh_rows.is_empty() {
+        let inserted: HashSet<(String, String)> =
+            match signature_nonce::Entity::insert_many(fresh_rows)
+                .on_conflict(
+                    OnConflict::columns([
+                        signature_nonce::Column::AccessKeyId,
+                        signature_nonce::Column::Nonce,
+                    ])
+                    .do_nothing()
+                    .to_owned(),
+                )
+                .exec_with_returning_keys(&txn)
+                .await
+            {
+                Ok(keys) => keys.into_iter().collect(),
+                Err(DbErr::RecordNotInserted) => HashSet::new(),
+                Err(e) => return Err(e),
+            };
+        let mut claimed = HashSet::new();
+        for (i, job) in batch.iter().enumerate() {
+            let n = match &job.op {
+                Op::Nonce(n) => Some(n),
+                Op::Send { nonce, .. } => nonce.as_ref(),
+            };
+            if let Some(n) = n
+                && results[i].is_ok()
+            {
+                let key = (n.access_key_id.clone(), n.nonce.clone());
+                if !inserted.contains(&key) || !claimed.insert(key) {
+                    results[i] = Err(ApiError::SignatureNonceUsed);
+                }
+            }
+        }
+    }
+
+    let mut ensured = Vec::new();
+    let mut requests = Vec::new();
+    for (i, job) in batch.iter().enumerate() {
+        let Op::Send { reservation: r, .. } = &job.op else {
+            continue;
+        };
+        if results[i].is_err() {
+            continue;
+        }
+        let counter = (r.account_id.clone(), r.day.clone());
+        if !counters.contains(&counter) && !ensured.contains(&counter) {
+            ensure_counter(&txn, r).await?;
+            ensured.push(counter);
+        }
+        results[i] = reserve(&txn, r).await?;
+        if results[i].is_ok() {
+            requests.push(request_row(r));
+        }
+    }
+    if !requests.is_empty() {
+        send_request::Entity::insert_many(requests)
+            .exec_without_returning(&txn)
+            .await?;
     }
     txn.commit().await?;
-    Ok(results)
+    Ok((results, ensured))
 }
 
-async fn nonce(txn: &DatabaseTransaction, n: &NonceKey) -> Result<Result<(), ApiError>, DbErr> {
-    let row = signature_nonce::ActiveModel {
-        access_key_id: Set(n.access_key_id.clone()),
-        nonce: Set(n.nonce.clone()),
-        // Kept past the timestamp window on both sides: a replay with the same nonce is either
-        // caught here or rejected as expired.
-        expires_ms: Set(msgcontact::time::now_ms() + 2 * MAX_SKEW_MS),
-    };
-    let inserted = signature_nonce::Entity::insert(row)
-        .on_conflict(
-            OnConflict::columns([
-                signature_nonce::Column::AccessKeyId,
-                signature_nonce::Column::Nonce,
-            ])
-            .do_nothing()
-            .to_owned(),
-        )
-        .exec_without_returning(txn)
-        .await;
-    match inserted {
-        Ok(0) | Err(DbErr::RecordNotInserted) => Ok(Err(ApiError::SignatureNonceUsed)),
-        Ok(_) => Ok(Ok(())),
-        Err(e) => Err(e),
-    }
-}
-
-/// The reservation of one send, exactly as a lone transaction would do it.
-async fn reserve(
-    txn: &DatabaseTransaction,
-    r: &Reservation,
-) -> Result<Result<(), ApiError>, DbErr> {
-    let _ = daily_counter::Entity::insert(daily_counter::ActiveModel {
+async fn ensure_counter(txn: &DatabaseTransaction, r: &Reservation) -> Result<(), DbErr> {
+    daily_counter::Entity::insert(daily_counter::ActiveModel {
         account_id: Set(r.account_id.clone()),
         day: Set(r.day.clone()),
         count: Set(0),
@@ -196,13 +247,41 @@ async fn reserve(
     )
     .exec_without_returning(txn)
     .await
+    .map(|_| ())
     .or_else(|e| {
         if matches!(e, DbErr::RecordNotInserted) {
-            Ok(0)
+            Ok(())
         } else {
             Err(e)
         }
-    })?;
+    })
+}
+
+fn request_row(r: &Reservation) -> send_request::ActiveModel {
+    send_request::ActiveModel {
+        request_id: Set(r.request_id.clone()),
+        account_id: Set(r.account_id.clone()),
+        contact_id: Set(r.contact_id.clone()),
+        phone: Set(r.phone.clone()),
+        status: Set(SendStatus::Queued.as_str().into()),
+        attempts: Set(0),
+        ambiguous_attempts: Set(0),
+        failure_code: Set(None),
+        failure_message: Set(None),
+        provider_message_id: Set(None),
+        verification_id: Set(None),
+        day: Set(r.day.clone()),
+        accepted_ms: Set(r.now_ms),
+        sent_ms: Set(None),
+        updated_ms: Set(r.now_ms),
+    }
+}
+
+/// The quota and cooldown of one send, exactly as a lone transaction would take them.
+async fn reserve(
+    txn: &DatabaseTransaction,
+    r: &Reservation,
+) -> Result<Result<(), ApiError>, DbErr> {
     // Quota first (its 409 outranks the cooldown's 429): an atomic conditional increment.
     let reserved = daily_counter::Entity::update_many()
         .col_expr(
@@ -255,24 +334,5 @@ async fn reserve(
             retry_after_ms: Ord::max(wait, 1) as u64,
         }));
     }
-    send_request::Entity::insert(send_request::ActiveModel {
-        request_id: Set(r.request_id.clone()),
-        account_id: Set(r.account_id.clone()),
-        contact_id: Set(r.contact_id.clone()),
-        phone: Set(r.phone.clone()),
-        status: Set(SendStatus::Queued.as_str().into()),
-        attempts: Set(0),
-        ambiguous_attempts: Set(0),
-        failure_code: Set(None),
-        failure_message: Set(None),
-        provider_message_id: Set(None),
-        verification_id: Set(None),
-        day: Set(r.day.clone()),
-        accepted_ms: Set(r.now_ms),
-        sent_ms: Set(None),
-        updated_ms: Set(r.now_ms),
-    })
-    .exec_without_returning(txn)
-    .await?;
     Ok(Ok(()))
 }

@@ -445,7 +445,11 @@ async fn handle_delivery(shared: &Shared, delivery: Delivery) {
                 Err(reason) => return Disposition::DeadLetter(reason),
                 Ok(job) => job,
             };
-            let ctx = JobCtx { attempt, redelivered: delivery.redelivered };
+            let ctx = JobCtx {
+                attempt,
+                redelivered: delivery.redelivered,
+                claimed: Default::default(),
+            };
             // The database is the source of truth: while it is unreachable, hold the delivery
             // (no ack, no requeue loop) and retry with backoff.
             let started = tokio::time::Instant::now();
@@ -597,6 +601,9 @@ struct JobCtx {
     attempt: u32,
     /// The broker delivered it before (the previous holder died or gave it back).
     redelivered: bool,
+    /// This delivery already claimed the request (a database error interrupted the job before
+    /// the provider was called, and the job is being run again).
+    claimed: std::sync::atomic::AtomicBool,
 }
 
 const LIVE_STATES: [&str; 3] = ["Queued", "Sending", "Retrying"];
@@ -681,16 +688,18 @@ async fn claim(
     };
     let claimed = match status {
         // The normal case: each published attempt claims once; copies of it find attempts moved on.
-        Some(SendStatus::Queued | SendStatus::Retrying) => {
-            base()
-                .filter(send_request::Column::Status.is_in(["Queued", "Retrying"]))
-                .filter(send_request::Column::Attempts.lt(ctx.attempt as i32))
-                .exec(db)
-                .await?
-                .rows_affected
-        }
+        Some(SendStatus::Queued | SendStatus::Retrying) => base()
+            .filter(send_request::Column::Status.is_in(["Queued", "Retrying"]))
+            .filter(send_request::Column::Attempts.lt(ctx.attempt as i32))
+            .exec_with_returning(db)
+            .await?
+            .pop(),
         // The previous holder died mid-attempt: the SMS may or may not have gone out. One more
         // attempt is allowed for such an ambiguous outcome; after that the request fails.
+        // Our own claim from before the interruption: the provider was not called yet.
+        Some(SendStatus::Sending) if ctx.claimed.load(std::sync::atomic::Ordering::Relaxed) => {
+            return Ok(Ok(req.clone()));
+        }
         Some(SendStatus::Sending) if ctx.redelivered => {
             if req.ambiguous_attempts >= 1 {
                 set_outcome(
@@ -712,20 +721,19 @@ async fn claim(
                 .filter(send_request::Column::Status.eq("Sending"))
                 .filter(send_request::Column::Attempts.eq(req.attempts))
                 .filter(send_request::Column::AmbiguousAttempts.eq(0))
-                .exec(db)
+                .exec_with_returning(db)
                 .await?
-                .rows_affected
+                .pop()
         }
-        _ => 0,
+        _ => None,
     };
-    if claimed == 0 {
+    let Some(claimed) = claimed else {
         tracing::info!(status = %req.status, attempts = req.attempts, "not claimable by this delivery (duplicate or finished); acknowledging");
         return Ok(Err(Disposition::Ack));
-    }
-    Ok(Ok(send_request::Entity::find_by_id(req.request_id.clone())
-        .one(db)
-        .await?
-        .ok_or(DbErr::RecordNotFound("claimed request".into()))?))
+    };
+    ctx.claimed
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    Ok(Ok(claimed))
 }
 
 async fn process(shared: &Shared, job: &SendJob, ctx: &JobCtx) -> Result<Disposition, DbErr> {
@@ -883,6 +891,40 @@ async fn process(shared: &Shared, job: &SendJob, ctx: &JobCtx) -> Result<Disposi
     };
     metrics::histogram!(msgcontact::metrics::PROVIDER_DURATION, "provider" => shared.provider.name(), "class" => class)
         .record(elapsed.as_secs_f64());
+    // The provider has been called: from here on the outcome must be recorded, not the job
+    // re-run (a re-run would find the request Sending and drop it). While the database is
+    // unreachable the recording is retried with backoff, holding the delivery; if that takes too
+    // long (or we are stopping) the delivery goes back, and its redelivery is treated as the
+    // ambiguous attempt it then is.
+    let started = tokio::time::Instant::now();
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match record(shared, &req, &v, outcome.clone(), elapsed).await {
+            Ok(d) => return Ok(d),
+            Err(e) => {
+                tracing::warn!(error = %e, ?backoff, "could not record the provider's outcome; will retry");
+                if started.elapsed() > MAX_DB_WAIT {
+                    return Ok(Disposition::Requeue);
+                }
+                tokio::select! {
+                    _ = shared.shutdown.cancelled() => return Ok(Disposition::Requeue),
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+/// Records what the provider answered and decides what happens to the delivery.
+async fn record(
+    shared: &Shared,
+    req: &send_request::Model,
+    v: &verification::Model,
+    outcome: Result<String, ProviderFailure>,
+    elapsed: Duration,
+) -> Result<Disposition, DbErr> {
+    let db = &shared.db;
     let masked = mask_phone(&req.phone);
     let failure = match outcome {
         Ok(message_id) => {
@@ -972,6 +1014,7 @@ async fn process(shared: &Shared, job: &SendJob, ctx: &JobCtx) -> Result<Disposi
         delay,
     })
 }
+
 fn live_key(contact_id: &str, phone: &str) -> String {
     format!("{contact_id}/{phone}")
 }
@@ -1032,10 +1075,8 @@ async fn live_verification(
             .await
         {
             Ok(_) => {
-                return verification::Entity::find_by_id(fresh.verification_id.unwrap())
-                    .one(db)
-                    .await?
-                    .ok_or(DbErr::RecordNotFound("verification just inserted".into()));
+                return verification::Model::try_from(fresh)
+                    .map_err(|e| DbErr::Custom(format!("verification row: {e}")));
             }
             // Another worker created it first: use theirs.
             Err(e) if matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => continue,
