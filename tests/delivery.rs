@@ -9,7 +9,7 @@ mod common;
 use std::time::Duration;
 
 use common::{Backend, Options, TestApp, assert_invariants, depth, fake_sms::Step};
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+use sea_orm::EntityTrait;
 
 on_both_backends! {
     transient_failures_are_retried_until_sent;
@@ -403,7 +403,7 @@ async fn dead_letters_can_be_listed_and_replayed(backend: Backend) {
     .await
     .unwrap();
     m.delivery.ack(BasicAckOptions::default()).await.unwrap();
-    let topology = common::infra(&app.db_url, &app.prefix, 100_000).topology();
+    let topology = app.topology();
 
     let listed = msgcontact_worker::admin::dlq_list(&conn, &topology, 10)
         .await

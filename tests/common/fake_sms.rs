@@ -49,6 +49,8 @@ pub struct FakeSms {
     pub addr: SocketAddr,
     script: Arc<Mutex<VecDeque<Step>>>,
     log: Arc<Mutex<Vec<Received>>>,
+    /// Until then every request is answered 503 (a provider outage).
+    down_until: Arc<Mutex<Option<std::time::Instant>>>,
 }
 
 impl FakeSms {
@@ -58,6 +60,7 @@ impl FakeSms {
             addr: listener.local_addr().unwrap(),
             script: Default::default(),
             log: Default::default(),
+            down_until: Default::default(),
         };
         let f = fake.clone();
         tokio::spawn(async move {
@@ -70,6 +73,11 @@ impl FakeSms {
             }
         });
         fake
+    }
+
+    /// Answers every request with 503 for `d` from now.
+    pub fn outage(&self, d: Duration) {
+        *self.down_until.lock().unwrap() = Some(std::time::Instant::now() + d);
     }
 
     /// Appends answers; once the script is empty every request gets `Ok`.
@@ -148,8 +156,15 @@ impl FakeSms {
                 .find(|(k, _)| k == "x-acs-action")
                 .map(|(_, v)| v.as_str())
                 .unwrap_or("");
+            let down = self
+                .down_until
+                .lock()
+                .unwrap()
+                .is_some_and(|t| std::time::Instant::now() < t);
             let step = if !signature_ok || action != "SendSms" {
                 Step::Status(400, None)
+            } else if down {
+                Step::Status(503, None)
             } else {
                 self.script.lock().unwrap().pop_front().unwrap_or(Step::Ok)
             };

@@ -66,6 +66,8 @@ pub struct Options {
     /// The per-phone guard; generous by default so retries in other tests are not deferred.
     pub phone_burst: u32,
     pub phone_per_minute: u32,
+    /// `MSGCONTACT_RETRY_DELAYS_SECS` of API and worker (short, so retries finish quickly).
+    pub retry_delays: &'static str,
 }
 
 impl Default for Options {
@@ -84,6 +86,7 @@ impl Default for Options {
             worker_count: 1,
             phone_burst: 1000,
             phone_per_minute: 1000,
+            retry_delays: "0.3,1,1",
         }
     }
 }
@@ -240,14 +243,14 @@ fn unique(prefix: &str) -> String {
     )
 }
 
-pub fn infra(db_url: &str, prefix: &str, queue_max_length: u32) -> InfraConfig {
+pub fn infra(db_url: &str, prefix: &str, queue_max_length: u32, retry_delays: &str) -> InfraConfig {
     InfraConfig {
         database_url: db_url.to_owned(),
         amqp_url: amqp_url(),
         queue_prefix: prefix.to_owned(),
         queue_max_length,
         database_pool: 8,
-        retry_delays_secs: "0.3,1,1".parse().unwrap(),
+        retry_delays_secs: retry_delays.parse().unwrap(),
         code_secret: None,
         log_format: "pretty".into(),
     }
@@ -305,7 +308,12 @@ impl TestApp {
         let mut first_state = None;
         for _ in 0..options.api_instances {
             let app = msgcontact_api::Application::build(msgcontact_api::Config {
-                infra: infra(&db_url, &prefix, options.queue_max_length),
+                infra: infra(
+                    &db_url,
+                    &prefix,
+                    options.queue_max_length,
+                    options.retry_delays,
+                ),
                 policy: policy.clone(),
                 api: msgcontact_api::ApiOptions {
                     api_listen: "127.0.0.1:0".into(),
@@ -398,7 +406,7 @@ impl TestApp {
                 "MSGCONTACT_QUEUE_MAX_LENGTH",
                 o.queue_max_length.to_string(),
             ),
-            ("MSGCONTACT_RETRY_DELAYS_SECS", "0.3,1,1".into()),
+            ("MSGCONTACT_RETRY_DELAYS_SECS", o.retry_delays.into()),
             ("MSGCONTACT_DATABASE_POOL", "8".into()),
             ("MSGCONTACT_SUPPORTED_COUNTRY_CODES", "86".into()),
             ("MSGCONTACT_DAILY_LIMIT", o.daily_limit.to_string()),
@@ -477,7 +485,7 @@ impl TestApp {
 
     async fn build_worker(&self) -> msgcontact_worker::Application {
         msgcontact_worker::Application::build(msgcontact_worker::Config {
-            infra: infra(&self.db_url, &self.prefix, self.options.queue_max_length),
+            infra: self.infra(),
             policy: self.policy(),
             worker: msgcontact_worker::WorkerOptions {
                 worker_listen: "127.0.0.1:0".into(),
@@ -693,6 +701,21 @@ impl TestApp {
         }
     }
 
+    /// The infrastructure settings this test's API and workers run with.
+    pub fn infra(&self) -> InfraConfig {
+        infra(
+            &self.db_url,
+            &self.prefix,
+            self.options.queue_max_length,
+            self.options.retry_delays,
+        )
+    }
+
+    /// This test's queue names and retry levels.
+    pub fn topology(&self) -> msgcontact::job::Topology {
+        self.infra().topology()
+    }
+
     /// Stops everything and removes the test's queues and database.
     pub async fn cleanup(mut self) {
         self.stop_worker().await;
@@ -703,8 +726,7 @@ impl TestApp {
         if let Ok(conn) = msgcontact::amqp::connect(&amqp_url(), "test-cleanup").await
             && let Ok(ch) = conn.create_channel().await
         {
-            let topology =
-                infra(&self.db_url, &self.prefix, self.options.queue_max_length).topology();
+            let topology = self.topology();
             let mut queues = vec![topology.work_queue(), topology.dead_letter_queue()];
             queues.extend((0..topology.retry_delays.len()).map(|l| topology.retry_queue(l)));
             for q in queues {
@@ -791,7 +813,7 @@ pub async fn assert_invariants(app: &TestApp, accepted: &[String]) {
         "every provider call is correctly signed"
     );
     assert_eq!(depth(&app.work_queue()).await, 0, "work queue drained");
-    for l in 0..3 {
+    for l in 0..app.options.retry_delays.split(',').count() {
         assert_eq!(
             depth(&format!("{}.send.retry.{l}", app.prefix)).await,
             0,
