@@ -1111,6 +1111,7 @@ async fn duplicate_deliveries_send_once(backend: Backend) {
         ),
         (Some("Sent"), Some(1))
     );
+    common::assert_invariants(&app, &[rid]).await;
     app.cleanup().await;
 }
 
@@ -1183,6 +1184,7 @@ async fn poison_messages_are_dead_lettered_with_a_reason(backend: Backend) {
         "{reasons:?}"
     );
     let _ = conn.close(200, "bye".into()).await;
+    common::assert_invariants(&app, &[rid]).await;
     app.cleanup().await;
 }
 

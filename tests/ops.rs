@@ -159,3 +159,129 @@ async fn metrics_health_and_queue_depth() {
     wait_for(0.0).await;
     app.cleanup().await;
 }
+
+/// Ready messages of `queue` as `rabbitmqctl list_queues` reports them (the broker's own view,
+/// independent of our passive declares).
+fn rabbitmqctl_ready(queue: &str) -> u64 {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(["-q", "list_queues", "name", "messages_ready"])
+        .output()
+        .expect("rabbitmqctl is required for this test");
+    assert!(out.status.success(), "rabbitmqctl list_queues failed");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            Some((f.next()?, f.next()?.parse::<u64>().ok()?))
+        })
+        .find(|(name, _)| *name == queue)
+        .map(|(_, n)| n)
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn depth_gauge_follows_rabbitmqctl_during_a_throttled_burst() {
+    let app = TestApp::spawn_with(
+        Backend::Sqlite,
+        Options {
+            cooldown_secs: 0,
+            daily_limit: 1000,
+            // The worker delivers 5 SMS/s while the burst offers about 12/s: the queue must grow.
+            provider_total_rate: Some(5),
+            ..Default::default()
+        },
+    )
+    .await;
+    let api = format!("http://{}", app.api_addrs[0]);
+    let queue = app.work_queue();
+    let n = 100;
+    let mut targets = Vec::new();
+    for i in 0..n {
+        let phone = format!("86-139{:08}", 30_000 + i);
+        let name = format!(
+            "burst{}{}",
+            (b'a' + (i / 26) as u8) as char,
+            (b'a' + (i % 26) as u8) as char
+        );
+        targets.push((app.add_contact(&name, Some(&phone)).await, phone));
+    }
+    let app = std::sync::Arc::new(app);
+    let burst = {
+        let app = app.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(80));
+            for (id, phone) in targets {
+                tick.tick().await;
+                app.call(
+                    "SendPhoneVerificationForMessageContact",
+                    &[("ContactId", &id), ("PhoneNumber", &phone)],
+                )
+                .await
+                .assert_ok();
+            }
+        })
+    };
+
+    // Sample both views about once a second until the queue is empty again.
+    let t0 = std::time::Instant::now();
+    let mut broker: Vec<(f64, u64)> = Vec::new();
+    let mut gauge: Vec<(f64, u64)> = Vec::new();
+    loop {
+        let q = queue.clone();
+        let r = tokio::task::spawn_blocking(move || rabbitmqctl_ready(&q))
+            .await
+            .unwrap();
+        broker.push((t0.elapsed().as_secs_f64(), r));
+        let (_, text) = get(&format!("{api}/metrics")).await;
+        let g = sample(
+            &text,
+            "msgcontact_queue_messages_ready",
+            &[("queue", &queue)],
+        )
+        .expect("the work queue's depth gauge") as u64;
+        gauge.push((t0.elapsed().as_secs_f64(), g));
+        let peaked = gauge.iter().any(|(_, g)| *g >= 20);
+        if burst.is_finished() && peaked && g == 0 && r == 0 {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(90),
+            "never drained: broker {broker:?}, gauge {gauge:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    burst.await.unwrap();
+    eprintln!("rabbitmqctl: {broker:?}\ngauge: {gauge:?}");
+
+    // Every gauge reading is what the broker reported at some moment of the last poll interval
+    // (plus a second for the sampling itself); the drain moves 5 messages a second, so allow that.
+    let window = msgcontact_worker::admin::POLL_INTERVAL.as_secs_f64() + 1.5;
+    for &(t, g) in &gauge {
+        let seen: Vec<u64> = broker
+            .iter()
+            .filter(|(tb, _)| *tb >= t - window && *tb <= t + 1.5)
+            .map(|(_, r)| *r)
+            .collect();
+        let (lo, hi) = (*seen.iter().min().unwrap(), *seen.iter().max().unwrap());
+        assert!(
+            g + 5 >= lo && g <= hi + 5,
+            "gauge {g} at {t:.1} s is outside what rabbitmqctl reported in the last poll interval ({lo}..={hi})"
+        );
+    }
+    // It rose, then fell to 0 as the worker drained.
+    let peak = gauge.iter().map(|(_, g)| *g).max().unwrap();
+    let at_peak = gauge.iter().position(|(_, g)| *g == peak).unwrap();
+    assert!(
+        gauge[..at_peak].iter().any(|(_, g)| *g > 0 && *g < peak),
+        "the gauge rose through intermediate values: {gauge:?}"
+    );
+    assert!(
+        gauge[at_peak..].iter().any(|(_, g)| *g > 0 && *g < peak),
+        "the gauge fell through intermediate values: {gauge:?}"
+    );
+    assert_eq!(gauge.last().unwrap().1, 0);
+    std::sync::Arc::try_unwrap(app)
+        .unwrap_or_else(|_| panic!("app still shared"))
+        .cleanup()
+        .await;
+}

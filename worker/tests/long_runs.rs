@@ -238,6 +238,7 @@ async fn two_minute_provider_outage_no_hot_loop_no_dead_letters_full_drain() {
             worker: false,
             aliyun: true,
             cooldown_secs: 0,
+            daily_limit: 100_000,
             provider_timeout_ms: 2000,
             // The production-like schedule: long enough to ride out a 2-minute outage.
             retry_delays: "5,30,60,120",
