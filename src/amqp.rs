@@ -1,18 +1,25 @@
-//! RabbitMQ connection with lapin's automatic recovery.
+//! RabbitMQ connections: a bounded connect, and the reconnect loop both binaries' supervisors use
+//! after a broker restart or a lost connection.
+//!
+//! lapin's own auto-recovery is not used. Under a broker restart with load on a small machine it
+//! was seen to give up half way (a channel left in `Closing` after the reconnect, a consumer that
+//! never came back, publish channels stuck in `Reconnecting`), silently. Instead each binary owns
+//! its session (connection, channels, consumer): a lost connection ends the session, and the
+//! supervisor builds a fresh one with [`reconnect`], re-declaring the topology, for as long as the
+//! recovery deadline allows; past it the process reports not ready and exits non-zero.
 
 use std::time::Duration;
 
 use lapin::{Connection, ConnectionProperties};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 /// A broker that accepts TCP but never finishes the handshake must not hang startup.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// Connects with topology and consumer recovery enabled: after a broker restart lapin reconnects
-/// and re-declares what this connection declared.
+/// Connects once, within [`CONNECT_TIMEOUT`].
 pub async fn connect(url: &str, name: &str) -> Result<Connection, lapin::Error> {
-    let props = ConnectionProperties::default()
-        .with_connection_name(name.into())
-        .enable_auto_recover();
+    let props = ConnectionProperties::default().with_connection_name(name.into());
     tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(url, props))
         .await
         .map_err(|_| {
@@ -23,4 +30,55 @@ pub async fn connect(url: &str, name: &str) -> Result<Connection, lapin::Error> 
                 ),
             )))
         })?
+}
+
+/// Why [`reconnect`] stopped without a session.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconnectError {
+    #[error("the broker stayed unreachable past the recovery deadline: {0}")]
+    GaveUp(lapin::Error),
+    #[error("stopping")]
+    Stopped,
+}
+
+/// Builds a session with `open` (connect, declare, open channels), retrying with exponential
+/// backoff (0.2 s doubling up to 5 s, so a restarted broker is picked up within seconds) until it
+/// succeeds, `deadline` passes, or `stop` fires.
+pub async fn reconnect<T, F, Fut>(
+    what: &str,
+    deadline: Instant,
+    stop: &CancellationToken,
+    mut open: F,
+) -> Result<T, ReconnectError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, lapin::Error>>,
+{
+    let mut backoff = Duration::from_millis(200);
+    let mut tries = 0u32;
+    loop {
+        tries += 1;
+        let result = tokio::select! {
+            _ = stop.cancelled() => return Err(ReconnectError::Stopped),
+            r = open() => r,
+        };
+        match result {
+            Ok(session) => {
+                tracing::info!(%what, tries, "broker session established");
+                return Ok(session);
+            }
+            Err(e) if Instant::now() + backoff >= deadline => {
+                tracing::error!(%what, tries, error = %e, "broker unreachable past the recovery deadline");
+                return Err(ReconnectError::GaveUp(e));
+            }
+            Err(e) => {
+                tracing::warn!(%what, tries, error = %e, ?backoff, "broker not reachable yet; retrying");
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return Err(ReconnectError::Stopped),
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
 }

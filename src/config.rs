@@ -39,6 +39,14 @@ pub struct InfraConfig {
     /// Log format: `pretty` for terminals, `json` for production.
     #[arg(long, env = "MSGCONTACT_LOG_FORMAT", default_value = "pretty")]
     pub log_format: String,
+    /// How long a lost broker connection is re-established before the process gives up (reports
+    /// not ready and exits non-zero, for its supervisor to restart it).
+    #[arg(
+        long,
+        env = "MSGCONTACT_BROKER_RECOVERY_TIMEOUT_SECS",
+        default_value_t = 300
+    )]
+    pub broker_recovery_timeout_secs: u64,
 }
 
 /// The retry schedule as data: one delay per retry level.
@@ -65,6 +73,10 @@ fn parse_delays(s: &str) -> Result<RetryDelays, String> {
 }
 
 impl InfraConfig {
+    pub fn broker_recovery_timeout(&self) -> Duration {
+        Duration::from_secs(self.broker_recovery_timeout_secs)
+    }
+
     pub fn topology(&self) -> crate::job::Topology {
         crate::job::Topology::new(
             &self.queue_prefix,

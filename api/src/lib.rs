@@ -48,6 +48,8 @@ pub enum Error {
     Db(#[from] sea_orm::DbErr),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    BrokerLost(#[from] msgcontact::amqp::ReconnectError),
 }
 
 /// API-only settings.
@@ -94,7 +96,6 @@ pub struct AppState {
     pub writer: writer::Writer,
     pub code_secret: Vec<u8>,
     pub max_body_bytes: usize,
-    pub amqp: lapin::Connection,
     /// Recent queue reports, for the ops page.
     pub history: msgcontact_worker::admin::History,
 }
@@ -114,6 +115,7 @@ pub struct Application {
     listener: tokio::net::TcpListener,
     state: Arc<AppState>,
     amqp_url: String,
+    broker_recovery_timeout: Duration,
     topology: msgcontact::job::Topology,
 }
 
@@ -124,13 +126,9 @@ impl Application {
             msgcontact::db::connect(&config.infra.database_url, config.infra.database_pool).await?;
         let code_secret =
             msgcontact::db::code_secret(&db, config.infra.code_secret.as_deref()).await?;
-        let amqp = msgcontact::amqp::connect(&config.infra.amqp_url, "msgcontact-api").await?;
         let topology = config.infra.topology();
-        let ch = amqp.create_channel().await?;
-        topology.declare(&ch).await?;
-        let _ = ch.close(200, "declared".into()).await;
-        let publisher = Publisher::new(
-            &amqp,
+        let publisher = Publisher::connect(
+            &config.infra.amqp_url,
             &topology,
             config.api.publish_channels,
             Duration::from_millis(config.api.publish_confirm_timeout_ms),
@@ -140,6 +138,7 @@ impl Application {
         Ok(Self {
             listener,
             amqp_url: config.infra.amqp_url.clone(),
+            broker_recovery_timeout: config.infra.broker_recovery_timeout(),
             topology,
             state: Arc::new(AppState {
                 writer: writer::Writer::start(db.clone(), config.api.write_batch_max),
@@ -148,7 +147,6 @@ impl Application {
                 publisher,
                 code_secret,
                 max_body_bytes: config.api.max_body_bytes,
-                amqp,
                 history: Default::default(),
             }),
         })
@@ -188,6 +186,19 @@ impl Application {
             state.history.clone(),
             shutdown.clone(),
         ));
+        // The publisher's supervisor: a broker that stays unreachable past the recovery deadline
+        // stops the process (not ready, exit non-zero) so its own supervisor can restart it.
+        let lost = Arc::new(std::sync::Mutex::new(None));
+        let supervisor = {
+            let (state, stop, lost) = (state.clone(), shutdown.clone(), lost.clone());
+            let timeout = self.broker_recovery_timeout;
+            tokio::spawn(async move {
+                if let Err(e) = state.publisher.supervise(timeout, stop.clone()).await {
+                    *lost.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                    stop.cancel();
+                }
+            })
+        };
         let app = router(state.clone());
         tracing::info!(addr = %self.local_addr(), "API listening");
         axum::serve(self.listener, app)
@@ -195,7 +206,12 @@ impl Application {
             .await?;
         purger.abort();
         let _ = poller.await;
-        let _ = state.amqp.close(200, "shutdown".into()).await;
+        let _ = supervisor.await;
+        state.publisher.close().await;
+        if let Some(e) = lost.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            tracing::error!(error = %e, "API stopped: broker lost");
+            return Err(e.into());
+        }
         tracing::info!("API stopped");
         Ok(())
     }
@@ -243,7 +259,7 @@ async fn ops_data(State(state): State<Arc<AppState>>) -> axum::Json<Value> {
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let db_ok = state.db.ping().await.is_ok();
-    let broker_ok = state.amqp.status().connected() && state.publisher.is_ready();
+    let broker_ok = state.publisher.is_ready();
     let body = json!({ "database": db_ok, "broker": broker_ok });
     let status = if db_ok && broker_ok {
         StatusCode::OK
@@ -298,8 +314,6 @@ async fn rpc(State(state): State<Arc<AppState>>, req: Request) -> Response {
         .unwrap_or("msgcontact")
         .to_owned();
     let span = tracing::info_span!("rpc", request_id = %request_id, action = tracing::field::Empty);
-    let _enter = span.enter();
-    drop(_enter);
     let mut action = "Unknown";
     let result = handle(&state, req, request_id, &span, &mut action).await;
     let code = match &result {

@@ -60,6 +60,8 @@ async fn main() -> anyhow::Result<()> {
 async fn serve(args: Cli) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
+    // A failed in-process worker stops the API too, and the process exits non-zero.
+    let worker_failed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let api = Application::build(args.config.clone())
         .await
         .context("starting the API")?;
@@ -77,10 +79,11 @@ async fn serve(args: Cli) -> anyhow::Result<()> {
         })
         .await
         .context("starting the worker")?;
-        let stop = shutdown.clone();
+        let (stop, failed) = (shutdown.clone(), worker_failed.clone());
         tracker.spawn(async move {
             if let Err(e) = worker.run_until_stopped(stop.clone()).await {
                 tracing::error!(error = %e, "worker failed");
+                failed.store(true, std::sync::atomic::Ordering::Relaxed);
                 stop.cancel();
             }
         });
@@ -96,7 +99,12 @@ async fn serve(args: Cli) -> anyhow::Result<()> {
     shutdown.cancel();
     tracker.close();
     tracker.wait().await;
-    result.map_err(Into::into)
+    result?;
+    anyhow::ensure!(
+        !worker_failed.load(std::sync::atomic::Ordering::Relaxed),
+        "the in-process worker failed"
+    );
+    Ok(())
 }
 
 async fn shutdown_signal() {

@@ -1,7 +1,11 @@
-//! Publishing send jobs with publisher confirms: a job counts as accepted only once the broker has it.
+//! Publishing send jobs with publisher confirms: a job counts as accepted only once the broker has
+//! it. The publisher owns its broker session and its supervisor re-establishes it after a loss.
 
 use std::{
-    sync::atomic::{AtomicUsize, Ordering},
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 
@@ -9,7 +13,12 @@ use lapin::{
     Channel, Connection,
     options::{BasicPublishOptions, ConfirmSelectOptions},
 };
-use msgcontact::job::{SendJob, Topology};
+use msgcontact::{
+    amqp::ReconnectError,
+    job::{SendJob, Topology},
+};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 /// Why a publish did not become a confirmed, routed message.
 #[derive(Debug, thiserror::Error)]
@@ -20,37 +29,81 @@ pub enum PublishError {
     Unroutable,
     #[error("no confirm within {0:?}")]
     Timeout(Duration),
+    #[error("broker connection is blocked (resource alarm)")]
+    Blocked,
+    #[error("no broker connection (reconnecting)")]
+    Disconnected,
     #[error("broker: {0}")]
     Broker(#[from] lapin::Error),
 }
 
-/// A small pool of confirm-mode channels; publishes rotate over them so confirms pipeline.
-pub struct Publisher {
+/// One connection and its pool of confirm-mode channels; publishes rotate over the channels so
+/// confirms pipeline.
+struct Session {
+    conn: Connection,
     channels: Vec<Channel>,
-    next: AtomicUsize,
-    routing_key: String,
-    confirm_timeout: Duration,
 }
 
-impl Publisher {
-    pub async fn new(
-        conn: &Connection,
-        topology: &Topology,
-        size: usize,
-        confirm_timeout: Duration,
-    ) -> Result<Self, lapin::Error> {
+impl Session {
+    async fn open(url: &str, topology: &Topology, size: usize) -> Result<Self, lapin::Error> {
+        let conn = msgcontact::amqp::connect(url, "msgcontact-api").await?;
+        // Declared on every (re)connect: a broker that lost its definitions gets them back
+        // before the first publish, which is mandatory and would otherwise come back unroutable.
+        let ch = conn.create_channel().await?;
+        topology.declare(&ch).await?;
+        let _ = ch.close(200, "declared".into()).await;
         let mut channels = Vec::with_capacity(size);
         for _ in 0..size.max(1) {
             let ch = conn.create_channel().await?;
             ch.confirm_select(ConfirmSelectOptions::default()).await?;
             channels.push(ch);
         }
+        Ok(Self { conn, channels })
+    }
+
+    fn healthy(&self) -> bool {
+        self.conn.status().connected() && self.channels.iter().all(|c| c.status().connected())
+    }
+}
+
+pub struct Publisher {
+    session: RwLock<Option<Arc<Session>>>,
+    next: AtomicUsize,
+    url: String,
+    topology: Topology,
+    size: usize,
+    routing_key: String,
+    confirm_timeout: Duration,
+    /// Wakes the supervisor as soon as a publish finds the session broken.
+    lost: tokio::sync::Notify,
+}
+
+impl Publisher {
+    /// Connects and declares the topology; fails if the broker is unreachable now (startup).
+    pub async fn connect(
+        url: &str,
+        topology: &Topology,
+        size: usize,
+        confirm_timeout: Duration,
+    ) -> Result<Self, lapin::Error> {
+        let session = Session::open(url, topology, size).await?;
         Ok(Self {
-            channels,
+            session: RwLock::new(Some(Arc::new(session))),
             next: AtomicUsize::new(0),
+            url: url.to_owned(),
+            topology: topology.clone(),
+            size,
             routing_key: topology.work_queue(),
             confirm_timeout,
+            lost: tokio::sync::Notify::new(),
         })
+    }
+
+    fn current(&self) -> Option<Arc<Session>> {
+        self.session
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Publishes a job (persistent, mandatory) and waits for the broker's confirm.
@@ -59,7 +112,37 @@ impl Publisher {
         job: &SendJob,
         traceparent: Option<&str>,
     ) -> Result<(), PublishError> {
-        let ch = &self.channels[self.next.fetch_add(1, Ordering::Relaxed) % self.channels.len()];
+        let result = match self.current() {
+            None => Err(PublishError::Disconnected),
+            // A blocked connection would hold the publish until the confirm timeout: refuse now.
+            Some(s) if s.conn.status().blocked() => Err(PublishError::Blocked),
+            Some(s) => self.publish_on(&s, job, traceparent).await,
+        };
+        if matches!(
+            result,
+            Err(PublishError::Broker(_) | PublishError::Disconnected)
+        ) {
+            self.lost.notify_one();
+        }
+        let label = match &result {
+            Ok(()) => "ack",
+            Err(PublishError::Nacked) => "nack",
+            Err(PublishError::Unroutable) => "unroutable",
+            Err(PublishError::Timeout(_)) => "timeout",
+            Err(PublishError::Blocked) => "blocked",
+            Err(PublishError::Disconnected | PublishError::Broker(_)) => "error",
+        };
+        metrics::counter!(msgcontact::metrics::PUBLISH_CONFIRMS, "result" => label).increment(1);
+        result
+    }
+
+    async fn publish_on(
+        &self,
+        s: &Session,
+        job: &SendJob,
+        traceparent: Option<&str>,
+    ) -> Result<(), PublishError> {
+        let ch = &s.channels[self.next.fetch_add(1, Ordering::Relaxed) % s.channels.len()];
         let fut = async {
             let confirm = ch
                 .basic_publish(
@@ -83,22 +166,65 @@ impl Publisher {
             }
             Ok(())
         };
-        let result = tokio::time::timeout(self.confirm_timeout, fut)
+        tokio::time::timeout(self.confirm_timeout, fut)
             .await
             .map_err(|_| PublishError::Timeout(self.confirm_timeout))
-            .and_then(|r| r);
-        let label = match &result {
-            Ok(()) => "ack",
-            Err(PublishError::Nacked) => "nack",
-            Err(PublishError::Unroutable) => "unroutable",
-            Err(PublishError::Timeout(_)) => "timeout",
-            Err(PublishError::Broker(_)) => "error",
-        };
-        metrics::counter!(msgcontact::metrics::PUBLISH_CONFIRMS, "result" => label).increment(1);
-        result
+            .and_then(|r| r)
     }
 
+    /// Connected, every channel open, and not blocked by a resource alarm.
     pub fn is_ready(&self) -> bool {
-        self.channels.iter().all(|c| c.status().connected())
+        self.current()
+            .is_some_and(|s| s.healthy() && !s.conn.status().blocked())
+    }
+
+    /// Keeps the session alive until `stop`: checks it every second (and at once when a publish
+    /// failed), and after a loss builds a new one. Sends in between answer 503 at once. Returns
+    /// an error when the broker stayed unreachable for `recovery_timeout`.
+    pub async fn supervise(
+        &self,
+        recovery_timeout: Duration,
+        stop: CancellationToken,
+    ) -> Result<(), ReconnectError> {
+        loop {
+            while self.current().is_some_and(|s| s.healthy()) {
+                tokio::select! {
+                    _ = stop.cancelled() => return Ok(()),
+                    _ = self.lost.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+            tracing::warn!("broker session lost; reconnecting the publisher");
+            let old = self
+                .session
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+            if let Some(old) = old {
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(1),
+                    old.conn.close(200, "reconnecting".into()),
+                )
+                .await;
+            }
+            let deadline = Instant::now() + recovery_timeout;
+            let fresh = msgcontact::amqp::reconnect("publisher", deadline, &stop, || {
+                Session::open(&self.url, &self.topology, self.size)
+            })
+            .await;
+            match fresh {
+                Ok(s) => {
+                    *self.session.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(s));
+                }
+                Err(ReconnectError::Stopped) => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    pub async fn close(&self) {
+        if let Some(s) = self.current() {
+            let _ = s.conn.close(200, "shutdown".into()).await;
+        }
     }
 }

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod fake_sms;
+pub mod proxy;
 
 use std::{
     net::SocketAddr,
@@ -68,6 +69,9 @@ pub struct Options {
     pub phone_per_minute: u32,
     /// `MSGCONTACT_RETRY_DELAYS_SECS` of API and worker (short, so retries finish quickly).
     pub retry_delays: &'static str,
+    /// The broker the app talks to (a [`proxy::BrokerProxy`] to cut it); the shared one if unset.
+    pub amqp_url: Option<String>,
+    pub broker_recovery_timeout_secs: u64,
 }
 
 impl Default for Options {
@@ -87,6 +91,8 @@ impl Default for Options {
             phone_burst: 1000,
             phone_per_minute: 1000,
             retry_delays: "0.3,1,1",
+            amqp_url: None,
+            broker_recovery_timeout_secs: 300,
         }
     }
 }
@@ -243,16 +249,37 @@ fn unique(prefix: &str) -> String {
     )
 }
 
-pub fn infra(db_url: &str, prefix: &str, queue_max_length: u32, retry_delays: &str) -> InfraConfig {
+pub fn infra(db_url: &str, prefix: &str, o: &Options) -> InfraConfig {
     InfraConfig {
         database_url: db_url.to_owned(),
-        amqp_url: amqp_url(),
+        amqp_url: o.amqp_url.clone().unwrap_or_else(amqp_url),
         queue_prefix: prefix.to_owned(),
-        queue_max_length,
+        queue_max_length: o.queue_max_length,
         database_pool: 8,
-        retry_delays_secs: retry_delays.parse().unwrap(),
+        retry_delays_secs: o.retry_delays.parse().unwrap(),
         code_secret: None,
         log_format: "pretty".into(),
+        broker_recovery_timeout_secs: o.broker_recovery_timeout_secs,
+    }
+}
+
+/// The configuration of one of the test's API instances.
+pub fn api_config(
+    db_url: &str,
+    prefix: &str,
+    o: &Options,
+    policy: PolicyConfig,
+) -> msgcontact_api::Config {
+    msgcontact_api::Config {
+        infra: infra(db_url, prefix, o),
+        policy,
+        api: msgcontact_api::ApiOptions {
+            api_listen: "127.0.0.1:0".into(),
+            max_body_bytes: 64 * 1024,
+            publish_confirm_timeout_ms: 5000,
+            publish_channels: 2,
+            write_batch_max: 128,
+        },
     }
 }
 
@@ -307,22 +334,12 @@ impl TestApp {
         let mut api_addrs = Vec::new();
         let mut first_state = None;
         for _ in 0..options.api_instances {
-            let app = msgcontact_api::Application::build(msgcontact_api::Config {
-                infra: infra(
-                    &db_url,
-                    &prefix,
-                    options.queue_max_length,
-                    options.retry_delays,
-                ),
-                policy: policy.clone(),
-                api: msgcontact_api::ApiOptions {
-                    api_listen: "127.0.0.1:0".into(),
-                    max_body_bytes: 64 * 1024,
-                    publish_confirm_timeout_ms: 5000,
-                    publish_channels: 2,
-                    write_batch_max: 128,
-                },
-            })
+            let app = msgcontact_api::Application::build(api_config(
+                &db_url,
+                &prefix,
+                &options,
+                policy.clone(),
+            ))
             .await
             .unwrap_or_else(|e| {
                 panic!(
@@ -400,7 +417,14 @@ impl TestApp {
         let o = &self.options;
         [
             ("MSGCONTACT_DATABASE_URL", self.db_url.clone()),
-            ("MSGCONTACT_AMQP_URL", amqp_url()),
+            (
+                "MSGCONTACT_AMQP_URL",
+                o.amqp_url.clone().unwrap_or_else(amqp_url),
+            ),
+            (
+                "MSGCONTACT_BROKER_RECOVERY_TIMEOUT_SECS",
+                o.broker_recovery_timeout_secs.to_string(),
+            ),
             ("MSGCONTACT_QUEUE_PREFIX", self.prefix.clone()),
             (
                 "MSGCONTACT_QUEUE_MAX_LENGTH",
@@ -703,12 +727,7 @@ impl TestApp {
 
     /// The infrastructure settings this test's API and workers run with.
     pub fn infra(&self) -> InfraConfig {
-        infra(
-            &self.db_url,
-            &self.prefix,
-            self.options.queue_max_length,
-            self.options.retry_delays,
-        )
+        infra(&self.db_url, &self.prefix, &self.options)
     }
 
     /// This test's queue names and retry levels.

@@ -36,6 +36,7 @@ use sea_orm::{
     sea_query::{Expr, ExprTrait},
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::Instrument;
 
 use crate::provider::{FailureClass, Provider, ProviderFailure, Sms};
 
@@ -52,6 +53,8 @@ pub enum Error {
     Io(#[from] std::io::Error),
     #[error("configuration: {0}")]
     Config(String),
+    #[error(transparent)]
+    BrokerLost(#[from] msgcontact::amqp::ReconnectError),
 }
 
 /// Worker-only settings.
@@ -146,18 +149,65 @@ struct Shared {
     provider: Provider,
     limits: limits::Limits,
     topology: Topology,
-    /// Confirm-mode channel for dead letters and retries.
-    publish_channel: Channel,
+    /// The current session's confirm-mode channel for dead letters and retries (none while
+    /// reconnecting).
+    publish_channel: std::sync::RwLock<Option<Channel>>,
     shutdown: CancellationToken,
+}
+
+impl Shared {
+    fn publish_channel(&self) -> Option<Channel> {
+        self.publish_channel
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn set_publish_channel(&self, ch: Option<Channel>) {
+        *self
+            .publish_channel
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = ch;
+    }
+}
+
+/// One broker connection with the worker's two channels.
+struct Session {
+    conn: lapin::Connection,
+    consume: Channel,
+    publish: Channel,
+}
+
+impl Session {
+    async fn open(url: &str, topology: &Topology, prefetch: u16) -> Result<Self, lapin::Error> {
+        let conn = msgcontact::amqp::connect(url, "msgcontact-worker").await?;
+        let consume = conn.create_channel().await?;
+        // Declared on every (re)connect, so a broker that lost its definitions gets them back.
+        topology.declare(&consume).await?;
+        // A small prefetch bounds in-flight work and keeps a crashed worker's redeliveries few.
+        consume
+            .basic_qos(prefetch, BasicQosOptions::default())
+            .await?;
+        let publish = conn.create_channel().await?;
+        publish
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        Ok(Self {
+            conn,
+            consume,
+            publish,
+        })
+    }
 }
 
 pub struct Application {
     shared: Arc<Shared>,
-    amqp: Arc<lapin::Connection>,
-    consume_channel: Channel,
+    /// The first session, opened by `build` so a broker that is down at startup fails it.
+    session: Session,
     listener: tokio::net::TcpListener,
     prefetch: u16,
     amqp_url: String,
+    broker_recovery_timeout: Duration,
 }
 
 fn http_client(timeout_ms: u64) -> Result<reqwest::Client, Error> {
@@ -251,18 +301,9 @@ impl Application {
             msgcontact::db::connect(&config.infra.database_url, config.infra.database_pool).await?;
         let code_secret =
             msgcontact::db::code_secret(&db, config.infra.code_secret.as_deref()).await?;
-        let amqp = msgcontact::amqp::connect(&config.infra.amqp_url, "msgcontact-worker").await?;
         let topology = config.infra.topology();
-        let consume_channel = amqp.create_channel().await?;
-        topology.declare(&consume_channel).await?;
-        // A small prefetch bounds in-flight work and keeps a crashed worker's redeliveries few.
-        consume_channel
-            .basic_qos(config.worker.prefetch, BasicQosOptions::default())
-            .await?;
-        let publish_channel = amqp.create_channel().await?;
-        publish_channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
+        let session =
+            Session::open(&config.infra.amqp_url, &topology, config.worker.prefetch).await?;
         let listener = tokio::net::TcpListener::bind(&config.worker.worker_listen).await?;
         Ok(Self {
             shared: Arc::new(Shared {
@@ -272,14 +313,14 @@ impl Application {
                 provider,
                 limits,
                 topology,
-                publish_channel,
+                publish_channel: std::sync::RwLock::new(None),
                 shutdown: CancellationToken::new(),
             }),
-            amqp: Arc::new(amqp),
-            consume_channel,
+            session,
             listener,
             prefetch: config.worker.prefetch,
             amqp_url: config.infra.amqp_url.clone(),
+            broker_recovery_timeout: config.infra.broker_recovery_timeout(),
         })
     }
 
@@ -291,9 +332,10 @@ impl Application {
 
     /// Consumes until `shutdown` fires, then stops consuming, lets in-flight jobs finish, and closes.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), Error> {
+        let broker_ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let health = HealthState {
             db: self.shared.db.clone(),
-            amqp: self.amqp.clone(),
+            broker: broker_ready.clone(),
         };
         let app = Router::new()
             .route("/healthz", get(|| async { "ok" }))
@@ -327,58 +369,132 @@ impl Application {
                 .into_future(),
         );
 
-        let mut consumer = self
-            .consume_channel
-            .basic_consume(
-                self.shared.topology.work_queue().as_str().into(),
-                "".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        tracing::info!(queue = %self.shared.topology.work_queue(), prefetch = self.prefetch, provider = self.shared.provider.name(), "worker consuming");
         let tracker = TaskTracker::new();
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                next = consumer.next() => match next {
-                    Some(Ok(delivery)) => {
-                        let shared = self.shared.clone();
-                        tracker.spawn(async move { handle_delivery(&shared, delivery).await });
-                    }
-                    Some(Err(e)) => {
-                        tracing::warn!(error = %e, "consumer error; waiting for recovery");
-                        if self.consume_channel.wait_for_recovery(e).await.is_err() {
-                            tracing::error!("broker connection lost for good");
-                            shutdown.cancel();
-                            break;
+        let queue = self.shared.topology.work_queue();
+        let mut next_session = Some(self.session);
+        let mut lost = None;
+        // The supervisor: one pass per broker session. A session ends when its connection or
+        // consumer is lost; a new one is built (and the topology re-declared) until the recovery
+        // deadline, after which the worker reports not ready and stops with an error.
+        'sessions: loop {
+            let session = match next_session.take() {
+                Some(s) => s,
+                None => {
+                    let deadline = tokio::time::Instant::now() + self.broker_recovery_timeout;
+                    let topology = self.shared.topology.clone();
+                    let (url, prefetch) = (self.amqp_url.clone(), self.prefetch);
+                    match msgcontact::amqp::reconnect("worker", deadline, &shutdown, || {
+                        Session::open(&url, &topology, prefetch)
+                    })
+                    .await
+                    {
+                        Ok(s) => s,
+                        Err(msgcontact::amqp::ReconnectError::Stopped) => break 'sessions,
+                        Err(e) => {
+                            lost = Some(e);
+                            break 'sessions;
                         }
                     }
-                    None => {
-                        tracing::error!("consumer stream ended");
-                        break;
+                }
+            };
+            let consumer = session
+                .consume
+                .basic_consume(
+                    queue.as_str().into(),
+                    "".into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await;
+            let mut consumer = match consumer {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not start consuming; reconnecting");
+                    let _ = session.conn.close(200, "reconnecting".into()).await;
+                    continue 'sessions;
+                }
+            };
+            self.shared
+                .set_publish_channel(Some(session.publish.clone()));
+            broker_ready.store(true, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!(%queue, prefetch = self.prefetch, provider = self.shared.provider.name(), "worker consuming");
+            let mut watchdog = tokio::time::interval(Duration::from_secs(1));
+            let stopping = loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break true,
+                    next = consumer.next() => match next {
+                        Some(Ok(delivery)) => {
+                            let shared = self.shared.clone();
+                            tracker.spawn(async move { handle_delivery(&shared, delivery).await });
+                        }
+                        Some(Err(e)) => {
+                            tracing::warn!(error = %e, "consumer failed; reconnecting");
+                            break false;
+                        }
+                        None => {
+                            tracing::warn!("consumer stream ended; reconnecting");
+                            break false;
+                        }
+                    },
+                    // A connection that died without failing the consumer stream still ends
+                    // the session.
+                    _ = watchdog.tick() => {
+                        let ok = session.conn.status().connected()
+                            && session.consume.status().connected()
+                            && session.publish.status().connected();
+                        if !ok {
+                            tracing::warn!("broker session lost; reconnecting");
+                            break false;
+                        }
                     }
                 }
+            };
+            broker_ready.store(false, std::sync::atomic::Ordering::Relaxed);
+            if stopping {
+                tracing::info!("stopping: finishing in-flight jobs");
+                // Jobs waiting out a database outage give their delivery back instead of
+                // holding it.
+                self.shared.shutdown.cancel();
+                let _ = session
+                    .consume
+                    .basic_cancel(consumer.tag(), Default::default())
+                    .await;
+                tracker.close();
+                if tokio::time::timeout(Duration::from_secs(30), tracker.wait())
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!(
+                        "in-flight jobs did not finish in time; the broker will redeliver them"
+                    );
+                }
+                self.shared.set_publish_channel(None);
+                let _ = session.conn.close(200, "shutdown".into()).await;
+                break 'sessions;
             }
-        }
-        tracing::info!("stopping: finishing in-flight jobs");
-        // Jobs waiting out a database outage give their delivery back instead of holding it.
-        self.shared.shutdown.cancel();
-        let _ = self
-            .consume_channel
-            .basic_cancel(consumer.tag(), Default::default())
+            // The broker requeues this session's unacknowledged deliveries; jobs still running
+            // on it finish their database work, and their acks fail harmlessly.
+            self.shared.set_publish_channel(None);
+            let _ = tokio::time::timeout(
+                Duration::from_secs(1),
+                session.conn.close(200, "reconnecting".into()),
+            )
             .await;
-        tracker.close();
-        if tokio::time::timeout(Duration::from_secs(30), tracker.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!("in-flight jobs did not finish in time; the broker will redeliver them");
         }
-        let _ = self.amqp.close(200, "shutdown".into()).await;
+        if lost.is_some() {
+            shutdown.cancel();
+        }
+        // Jobs of a session lost while stopping finish (or give their delivery back) too.
+        self.shared.shutdown.cancel();
+        tracker.close();
+        let _ = tokio::time::timeout(Duration::from_secs(30), tracker.wait()).await;
         let _ = http.await;
         let _ = poller.await;
         let _ = housekeeping.await;
+        if let Some(e) = lost {
+            tracing::error!(error = %e, "worker stopped: broker lost");
+            return Err(e.into());
+        }
         tracing::info!("worker stopped");
         Ok(())
     }
@@ -387,12 +503,13 @@ impl Application {
 #[derive(Clone)]
 struct HealthState {
     db: DatabaseConnection,
-    amqp: Arc<lapin::Connection>,
+    /// A session is consuming.
+    broker: Arc<std::sync::atomic::AtomicBool>,
 }
 
 async fn readyz(State(s): State<HealthState>) -> impl IntoResponse {
     let db_ok = s.db.ping().await.is_ok();
-    let broker_ok = s.amqp.status().connected();
+    let broker_ok = s.broker.load(std::sync::atomic::Ordering::Relaxed);
     let status = if db_ok && broker_ok {
         StatusCode::OK
     } else {
@@ -439,7 +556,6 @@ async fn handle_delivery(shared: &Shared, delivery: Delivery) {
     let trace_id = traceparent.split('-').nth(1).unwrap_or_default().to_owned();
     let span = tracing::info_span!("job", request_id = %request_id, trace_id = %trace_id, attempt);
     let disposition = {
-        use tracing::Instrument;
         async {
             let job = match SendJob::decode(&delivery.data) {
                 Err(reason) => return Disposition::DeadLetter(reason),
@@ -474,82 +590,88 @@ async fn handle_delivery(shared: &Shared, delivery: Delivery) {
         .instrument(span.clone())
         .await
     };
-    let _enter = span.enter();
-    let result = match disposition {
-        Disposition::Ack => delivery.ack(BasicAckOptions::default()).await,
-        Disposition::Requeue => {
-            delivery
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..Default::default()
-                })
+    // Settling awaits too: the span is attached to the future, never held entered across an
+    // await (that would leak it into whatever else runs on this thread).
+    async move {
+        let result = match disposition {
+            Disposition::Ack => delivery.ack(BasicAckOptions::default()).await,
+            Disposition::Requeue => {
+                delivery
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..Default::default()
+                    })
+                    .await
+            }
+            Disposition::DeadLetter(reason) => {
+                tracing::warn!(%reason, "dead-lettering message");
+                metrics::counter!(msgcontact::metrics::JOBS, "outcome" => "DeadLettered")
+                    .increment(1);
+                match republish(
+                    shared,
+                    &delivery,
+                    &shared.topology.dead_letter_queue(),
+                    |h| {
+                        h.insert(
+                            job::HEADER_DEAD_REASON.into(),
+                            AMQPValue::LongString(LongString::from(reason.as_str())),
+                        );
+                    },
+                    None,
+                )
                 .await
-        }
-        Disposition::DeadLetter(reason) => {
-            tracing::warn!(%reason, "dead-lettering message");
-            metrics::counter!(msgcontact::metrics::JOBS, "outcome" => "DeadLettered").increment(1);
-            match republish(
-                shared,
-                &delivery,
-                &shared.topology.dead_letter_queue(),
-                |h| {
-                    h.insert(
-                        job::HEADER_DEAD_REASON.into(),
-                        AMQPValue::LongString(LongString::from(reason.as_str())),
-                    );
-                },
-                None,
-            )
-            .await
-            {
-                Ok(()) => delivery.ack(BasicAckOptions::default()).await,
-                // Could not park it with a reason: let the broker dead-letter it (x-death says why).
-                Err(_) => {
-                    delivery
-                        .nack(BasicNackOptions {
-                            requeue: false,
-                            ..Default::default()
-                        })
-                        .await
+                {
+                    Ok(()) => delivery.ack(BasicAckOptions::default()).await,
+                    // Could not park it with a reason: let the broker dead-letter it (x-death says why).
+                    Err(_) => {
+                        delivery
+                            .nack(BasicNackOptions {
+                                requeue: false,
+                                ..Default::default()
+                            })
+                            .await
+                    }
                 }
             }
-        }
-        Disposition::Retry {
-            attempt,
-            level,
-            delay,
-        } => {
-            let queue = shared.topology.retry_queue(level);
-            tracing::info!(next_attempt = attempt, ?delay, %queue, "scheduling a retry");
-            match republish(
-                shared,
-                &delivery,
-                &queue,
-                |h| {
-                    h.insert(job::HEADER_ATTEMPT.into(), AMQPValue::LongUInt(attempt));
-                },
-                Some(delay),
-            )
-            .await
-            {
-                Ok(()) => delivery.ack(BasicAckOptions::default()).await,
-                Err(e) => {
-                    // The request is recorded as Retrying; a redelivery will pick it up again.
-                    tracing::warn!(error = %e, "could not schedule the retry; requeueing");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    delivery
-                        .nack(BasicNackOptions {
-                            requeue: true,
-                            ..Default::default()
-                        })
-                        .await
+            Disposition::Retry {
+                attempt,
+                level,
+                delay,
+            } => {
+                let queue = shared.topology.retry_queue(level);
+                tracing::info!(next_attempt = attempt, ?delay, %queue, "scheduling a retry");
+                match republish(
+                    shared,
+                    &delivery,
+                    &queue,
+                    |h| {
+                        h.insert(job::HEADER_ATTEMPT.into(), AMQPValue::LongUInt(attempt));
+                    },
+                    Some(delay),
+                )
+                .await
+                {
+                    Ok(()) => delivery.ack(BasicAckOptions::default()).await,
+                    Err(e) => {
+                        // The request is recorded as Retrying; a redelivery will pick it up again.
+                        tracing::warn!(error = %e, "could not schedule the retry; requeueing");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        delivery
+                            .nack(BasicNackOptions {
+                                requeue: true,
+                                ..Default::default()
+                            })
+                            .await
+                    }
                 }
             }
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "could not settle delivery; the broker will redeliver it");
         }
-    };
-    if let Err(e) = result {
-        tracing::warn!(error = %e, "could not settle delivery; the broker will redeliver it");
     }
+    .instrument(span)
+    .await;
 }
 
 /// Publishes a copy of a delivery (confirmed) to another queue, with edited headers and an
@@ -571,8 +693,13 @@ async fn republish(
     if let Some(e) = expiration {
         props = props.with_expiration(e.as_millis().to_string().as_str().into());
     }
-    let confirm = shared
-        .publish_channel
+    let Some(channel) = shared.publish_channel() else {
+        return Err(lapin::Error::from(lapin::ErrorKind::InvalidChannelState(
+            lapin::ChannelState::Closed,
+            "no broker session (reconnecting)",
+        )));
+    };
+    let confirm = channel
         .basic_publish(
             "".into(),
             queue.into(),

@@ -122,3 +122,78 @@ async fn sigkill_between_provider_accept_and_commit(backend: Backend) {
     let _ = worker.wait();
     app.cleanup().await;
 }
+
+/// The worker binary behind a cut-able proxy: a short broker loss makes it not ready and then it
+/// delivers again; a loss past its recovery deadline makes it exit with a non-zero status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_binary_rides_out_a_broker_loss_and_exits_non_zero_past_the_deadline() {
+    let app = TestApp::spawn_with(Backend::Sqlite, options()).await;
+    let proxy = common::proxy::BrokerProxy::start().await;
+    let listen = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let url = proxy.url();
+    let mut worker = app.spawn_worker_process(
+        WORKER,
+        &[
+            ("MSGCONTACT_AMQP_URL", &url),
+            ("MSGCONTACT_BROKER_RECOVERY_TIMEOUT_SECS", "3"),
+            ("MSGCONTACT_WORKER_LISTEN", &listen.to_string()),
+        ],
+    );
+    let ready = || async move {
+        match reqwest::get(format!("http://{listen}/readyz")).await {
+            Ok(r) => r.status().as_u16(),
+            Err(_) => 0,
+        }
+    };
+    let wait_ready = |want: u16| async move {
+        for _ in 0..200 {
+            if ready().await == want {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the worker's /readyz never answered {want}");
+    };
+    wait_ready(200).await;
+    let mut accepted = send_to_new_contacts(&app, 1).await;
+    app.wait_status(&accepted[0], "Sent", 20).await;
+
+    proxy.cut();
+    wait_ready(503).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    proxy.restore();
+    wait_ready(200).await;
+    let phone = "86-13900009999";
+    let contact = app.add_contact("afterloss", Some(phone)).await;
+    let r = app
+        .call(
+            "SendPhoneVerificationForMessageContact",
+            &[("ContactId", &contact), ("PhoneNumber", phone)],
+        )
+        .await;
+    accepted.push(r.assert_ok()["RequestId"].as_str().unwrap().to_owned());
+    app.wait_status(&accepted[1], "Sent", 20).await;
+    assert_invariants(&app, &accepted).await;
+    assert!(
+        worker.try_wait().unwrap().is_none(),
+        "still running after a short loss"
+    );
+
+    proxy.cut();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = worker.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the worker kept running with the broker gone past its recovery deadline"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(!status.success(), "exit status {status}");
+    app.cleanup().await;
+}
