@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Backend, Options, TestApp, assert_invariants, proxy::BrokerProxy};
+use common::{Backend, Options, TestApp, assert_invariants, fake_sms::Step, proxy::BrokerProxy};
 use tokio_util::sync::CancellationToken;
 
 const PHONE: &str = "86-13912341234";
@@ -122,5 +122,43 @@ async fn past_the_recovery_deadline_the_api_stops_with_an_error() {
         stop.is_cancelled(),
         "the rest of the process is told to stop"
     );
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_decided_during_a_broker_loss_is_scheduled_on_the_new_session() {
+    let proxy = BrokerProxy::start().await;
+    let app = TestApp::spawn_with(
+        Backend::Sqlite,
+        Options {
+            aliyun: true,
+            cooldown_secs: 0,
+            amqp_url: Some(proxy.url()),
+            ..Default::default()
+        },
+    )
+    .await;
+    // The provider sits on the first attempt and then fails it (transient); the broker goes away
+    // meanwhile, so the retry is decided with no session to publish it on.
+    app.sms
+        .script([Step::SlowStatus(Duration::from_secs(2), 503)]);
+    let contact = app.add_contact("retryloss", Some(PHONE)).await;
+    let rid = send(&app, &contact).await.assert_ok()["RequestId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while app.sms.received().is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "no provider call");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    proxy.cut();
+    app.wait_status(&rid, "Retrying", 10).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    proxy.restore();
+    let r = app.wait_status(&rid, "Sent", 30).await;
+    assert_eq!(r["Attempts"], 2, "{r}");
+    assert_eq!(app.sms.delivered(&rid), 1);
+    assert_invariants(&app, &[rid]).await;
     app.cleanup().await;
 }

@@ -33,6 +33,8 @@ pub enum Step {
     Hang(Duration),
     /// Delivered, then the connection is cut in the middle of the answer.
     Reset,
+    /// Not delivered: this HTTP error status, answered only after this long.
+    SlowStatus(Duration, u16),
 }
 
 #[derive(Debug, Clone)]
@@ -180,8 +182,16 @@ impl FakeSms {
                 r#"{{"Code":"OK","Message":"OK","BizId":"biz-{}","RequestId":"fake"}}"#,
                 get("OutId")
             );
+            let step = match step {
+                Step::SlowStatus(d, s) => {
+                    tokio::time::sleep(d).await;
+                    Step::Status(s, None)
+                }
+                other => other,
+            };
             let (status, extra, body) = match &step {
                 Step::Ok | Step::Hang(_) | Step::Reset => (200, String::new(), ok_body),
+                Step::SlowStatus(..) => unreachable!("answered as a Status above"),
                 Step::Status(s, ra) => (
                     *s,
                     ra.map(|r| format!("Retry-After: {r}\r\n"))

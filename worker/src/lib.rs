@@ -152,6 +152,7 @@ struct Shared {
     /// The current session's confirm-mode channel for dead letters and retries (none while
     /// reconnecting).
     publish_channel: std::sync::RwLock<Option<Channel>>,
+    in_flight: InFlight,
     shutdown: CancellationToken,
 }
 
@@ -168,6 +169,50 @@ impl Shared {
             .publish_channel
             .write()
             .unwrap_or_else(|p| p.into_inner()) = ch;
+    }
+}
+
+/// Requests this process is working on. After a broker loss the broker redelivers the lost
+/// session's deliveries while their jobs still run here (waiting on the provider, say); such a
+/// copy waits for the running job instead of taking the request, found `Sending`, for an
+/// interrupted attempt and sending a second SMS.
+#[derive(Default)]
+struct InFlight(std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>);
+
+impl InFlight {
+    async fn enter(&self, request_id: &str) -> InFlightGuard<'_> {
+        let lock = self
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(request_id.to_owned())
+            .or_default()
+            .clone();
+        let held = lock.clone().lock_owned().await;
+        InFlightGuard {
+            map: self,
+            request_id: request_id.to_owned(),
+            lock,
+            held: Some(held),
+        }
+    }
+}
+
+struct InFlightGuard<'a> {
+    map: &'a InFlight,
+    request_id: String,
+    lock: Arc<tokio::sync::Mutex<()>>,
+    held: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Drop for InFlightGuard<'_> {
+    fn drop(&mut self) {
+        drop(self.held.take());
+        let mut map = self.map.0.lock().unwrap_or_else(|p| p.into_inner());
+        // Only the map's reference and ours left: nobody is waiting, the entry goes.
+        if Arc::strong_count(&self.lock) == 2 {
+            map.remove(&self.request_id);
+        }
     }
 }
 
@@ -314,6 +359,7 @@ impl Application {
                 limits,
                 topology,
                 publish_channel: std::sync::RwLock::new(None),
+                in_flight: InFlight::default(),
                 shutdown: CancellationToken::new(),
             }),
             session,
@@ -566,6 +612,8 @@ async fn handle_delivery(shared: &Shared, delivery: Delivery) {
                 redelivered: delivery.redelivered,
                 claimed: Default::default(),
             };
+            // A copy of a job still running here waits for it rather than racing it.
+            let _in_flight = shared.in_flight.enter(&job.request_id).await;
             // The database is the source of truth: while it is unreachable, hold the delivery
             // (no ack, no requeue loop) and retry with backoff.
             let started = tokio::time::Instant::now();
@@ -640,28 +688,42 @@ async fn handle_delivery(shared: &Shared, delivery: Delivery) {
             } => {
                 let queue = shared.topology.retry_queue(level);
                 tracing::info!(next_attempt = attempt, ?delay, %queue, "scheduling a retry");
-                match republish(
-                    shared,
-                    &delivery,
-                    &queue,
-                    |h| {
-                        h.insert(job::HEADER_ATTEMPT.into(), AMQPValue::LongUInt(attempt));
-                    },
-                    Some(delay),
-                )
-                .await
-                {
-                    Ok(()) => delivery.ack(BasicAckOptions::default()).await,
-                    Err(e) => {
-                        // The request is recorded as Retrying; a redelivery will pick it up again.
-                        tracing::warn!(error = %e, "could not schedule the retry; requeueing");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                        delivery
-                            .nack(BasicNackOptions {
-                                requeue: true,
-                                ..Default::default()
-                            })
-                            .await
+                // After a provider failure the request is recorded Retrying, so its next attempt
+                // exists only once this publish is confirmed. Giving the delivery back instead
+                // would lose it: a redelivered copy of this attempt finds the request Retrying and
+                // is dropped as a duplicate. So keep trying, on the fresh session the supervisor
+                // builds after a broker loss.
+                let mut backoff = Duration::from_millis(200);
+                loop {
+                    let sent = republish(
+                        shared,
+                        &delivery,
+                        &queue,
+                        |h| {
+                            h.insert(job::HEADER_ATTEMPT.into(), AMQPValue::LongUInt(attempt));
+                        },
+                        Some(delay),
+                    )
+                    .await;
+                    match sent {
+                        Ok(()) => break delivery.ack(BasicAckOptions::default()).await,
+                        Err(e) if shared.shutdown.is_cancelled() => {
+                            tracing::error!(error = %e, "stopping before the retry could be scheduled; requeueing");
+                            break delivery
+                                .nack(BasicNackOptions {
+                                    requeue: true,
+                                    ..Default::default()
+                                })
+                                .await;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, ?backoff, "could not schedule the retry yet; will try again");
+                            tokio::select! {
+                                _ = shared.shutdown.cancelled() => {}
+                                _ = tokio::time::sleep(backoff) => {}
+                            }
+                            backoff = (backoff * 2).min(Duration::from_secs(5));
+                        }
                     }
                 }
             }
