@@ -278,7 +278,7 @@ async fn a_full_queue_answers_503_and_releases_the_quota(backend: Backend) {
     // Quorum queues enforce the limit once it is exceeded (the broker reports overflow after the
     // enqueue that crossed it), so accept until the first refusal.
     let mut accepted = 0;
-    while accepted < 10 {
+    let refused = loop {
         let r = app
             .call(
                 "SendPhoneVerificationForMessageContact",
@@ -287,29 +287,21 @@ async fn a_full_queue_answers_503_and_releases_the_quota(backend: Backend) {
             .await;
         if r.status != 200 {
             r.assert_error(503, "ServiceUnavailable");
-            break;
+            break r;
         }
         accepted += 1;
-    }
+        assert!(accepted < 10, "a queue of max length 2 kept accepting");
+    };
     assert!(
         (2..=3).contains(&accepted),
         "accepted {accepted} with a max length of 2"
     );
-    let started = std::time::Instant::now();
-    let r = app
-        .call(
-            "SendPhoneVerificationForMessageContact",
-            &[("ContactId", &id), ("PhoneNumber", PHONE)],
-        )
-        .await;
-    r.assert_error(503, "ServiceUnavailable");
     assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "sheds load fast: {:?}",
-        started.elapsed()
+        refused.headers.contains_key("x-acs-retry-after")
+            && refused.headers.contains_key("retry-after")
     );
-    assert!(r.headers.contains_key("x-acs-retry-after") && r.headers.contains_key("retry-after"));
-    let rid = r.body["RequestId"].as_str().unwrap();
+    // The refused publish was recorded and its reservation given back.
+    let rid = refused.body["RequestId"].as_str().unwrap();
     let st = app
         .call("GetVerificationRequest", &[("RequestId", rid)])
         .await;
@@ -319,6 +311,55 @@ async fn a_full_queue_answers_503_and_releases_the_quota(backend: Backend) {
             st.body["Request"]["FailureCode"].as_str()
         ),
         (Some("Failed"), Some("PublishFailed"))
+    );
+    // Right after a refusal the queue is known to be full: the next sends are shed before any
+    // reservation (no request row, no quota), with retry-after.
+    for _ in 0..5 {
+        let started = std::time::Instant::now();
+        let r = app
+            .call(
+                "SendPhoneVerificationForMessageContact",
+                &[("ContactId", &id), ("PhoneNumber", PHONE)],
+            )
+            .await;
+        r.assert_error(503, "ServiceUnavailable");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "sheds load fast: {:?}",
+            started.elapsed()
+        );
+        assert!(r.headers.contains_key("x-acs-retry-after"));
+    }
+    // Once the moment has passed, a send probes the broker again (refused again: still full).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let probe = app
+        .call(
+            "SendPhoneVerificationForMessageContact",
+            &[("ContactId", &id), ("PhoneNumber", PHONE)],
+        )
+        .await;
+    probe.assert_error(503, "ServiceUnavailable");
+    let st = app
+        .call(
+            "GetVerificationRequest",
+            &[("RequestId", probe.body["RequestId"].as_str().unwrap())],
+        )
+        .await;
+    assert_eq!(
+        st.body["Request"]["FailureCode"], "PublishFailed",
+        "{}",
+        st.body
+    );
+    let failed = msgcontact::entities::send_request::Entity::find()
+        .all(&app.db)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|r| r.failure_code.as_deref() == Some("PublishFailed"))
+        .count();
+    assert_eq!(
+        failed, 2,
+        "only the refusal and the probe reached the database"
     );
     use msgcontact::entities::daily_counter;
     let count: i32 = daily_counter::Entity::find()

@@ -1,6 +1,7 @@
 //! The ops page in a real browser (headless Chromium from the Debian `chromium` package): during a
-//! small burst, the numbers the page renders match its JSON endpoint, the chart has a line, and a
-//! screenshot is saved to `target/ops-page.png`. Fails, never skips, when Chromium is missing.
+//! small burst, the numbers the page renders match its JSON endpoint and the chart has a line; after
+//! the drain a screenshot of the whole burst, up and back down, is saved to `target/ops-page.png`.
+//! Fails, never skips, when Chromium is missing.
 
 mod common;
 
@@ -59,9 +60,35 @@ fn text_of(dom: &str, marker: &str) -> String {
     dom[start..].split('<').next().unwrap().trim().to_owned()
 }
 
+async fn ops_data(base: &str) -> serde_json::Value {
+    reqwest::get(format!("{base}/ops/data"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Waits until the poller's latest point has `work` ready jobs.
+async fn wait_for_work(base: &str, want: u64) -> serde_json::Value {
+    let mut data = serde_json::Value::Null;
+    for _ in 0..120 {
+        data = ops_data(base).await;
+        if data["series"]
+            .as_array()
+            .and_then(|s| s.last())
+            .is_some_and(|p| p["work"] == want)
+        {
+            return data;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    panic!("the ops data never showed {want} ready jobs: {data}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ops_page_renders_the_burst() {
-    let app = TestApp::spawn_with(
+    let mut app = TestApp::spawn_with(
         Backend::Sqlite,
         Options {
             worker: false,
@@ -71,53 +98,54 @@ async fn ops_page_renders_the_burst() {
     )
     .await;
     let id = app.add_contact("browser", Some("86-13912341234")).await;
-    for _ in 0..4 {
+    let send = || async {
         app.call(
             "SendPhoneVerificationForMessageContact",
             &[("ContactId", &id), ("PhoneNumber", "86-13912341234")],
         )
         .await
         .assert_ok();
-    }
+    };
     let base = format!("http://{}", app.api_addrs[0]);
-    // Wait for the poller to have seen the burst.
-    let mut data = serde_json::Value::Null;
-    for _ in 0..60 {
-        data = reqwest::get(format!("{base}/ops/data"))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if data["series"]
-            .as_array()
-            .and_then(|s| s.last())
-            .is_some_and(|p| p["work"] == 4)
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+    // The burst arrives in two waves, each seen by a poll, with no worker to drain it.
+    for _ in 0..4 {
+        send().await;
     }
-    assert_eq!(
-        data["series"].as_array().unwrap().last().unwrap()["work"],
-        4,
-        "{data}"
-    );
+    wait_for_work(&base, 4).await;
+    for _ in 0..8 {
+        send().await;
+    }
+    wait_for_work(&base, 12).await;
 
     let dom = run_chromium(&["--dump-dom"], &format!("{base}/ops")).await;
     assert_eq!(
         text_of(&dom, "id=\"work\">"),
-        "4",
+        "12",
         "rendered work depth matches /ops/data"
     );
     assert_eq!(text_of(&dom, "id=\"dead\">"), "0");
-    assert_eq!(text_of(&dom, "data-state=\"Queued\">"), "4");
+    assert_eq!(text_of(&dom, "data-state=\"Queued\">"), "12");
     assert!(
         dom.contains("data-series=\"work\""),
         "the chart has a work line"
     );
     assert!(dom.contains("updated "), "the refresh ran");
 
+    // Then a worker drains it; the page shows the whole burst, up and back down.
+    app.start_worker().await;
+    let data = wait_for_work(&base, 0).await;
+    let work: Vec<u64> = data["series"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["work"].as_u64().unwrap())
+        .collect();
+    assert!(
+        work.contains(&4) && work.contains(&12) && work.last() == Some(&0),
+        "{work:?}"
+    );
+    let dom = run_chromium(&["--dump-dom"], &format!("{base}/ops")).await;
+    assert_eq!(text_of(&dom, "id=\"work\">"), "0");
     let shot = concat!(env!("CARGO_MANIFEST_DIR"), "/target/ops-page.png");
     run_chromium(&[&format!("--screenshot={shot}")], &format!("{base}/ops")).await;
     assert!(

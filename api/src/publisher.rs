@@ -4,7 +4,7 @@
 use std::{
     sync::{
         Arc, RwLock,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicI64, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -76,7 +76,14 @@ pub struct Publisher {
     confirm_timeout: Duration,
     /// Wakes the supervisor as soon as a publish finds the session broken.
     lost: tokio::sync::Notify,
+    /// Until then (ms since the epoch) the work queue is taken to be full: the last publish was
+    /// refused by its `x-max-length`.
+    full_until_ms: AtomicI64,
 }
+
+/// How long a refused publish marks the queue full. Short, so acceptance resumes as soon as the
+/// workers make room; long enough that a flood is answered without touching the database.
+const FULL_FOR_MS: i64 = 200;
 
 impl Publisher {
     /// Connects and declares the topology; fails if the broker is unreachable now (startup).
@@ -96,6 +103,7 @@ impl Publisher {
             routing_key: topology.work_queue(),
             confirm_timeout,
             lost: tokio::sync::Notify::new(),
+            full_until_ms: AtomicI64::new(0),
         })
     }
 
@@ -118,11 +126,12 @@ impl Publisher {
             Some(s) if s.conn.status().blocked() => Err(PublishError::Blocked),
             Some(s) => self.publish_on(&s, job, traceparent).await,
         };
-        if matches!(
-            result,
-            Err(PublishError::Broker(_) | PublishError::Disconnected)
-        ) {
-            self.lost.notify_one();
+        match &result {
+            Err(PublishError::Broker(_) | PublishError::Disconnected) => self.lost.notify_one(),
+            Err(PublishError::Nacked) => self
+                .full_until_ms
+                .store(msgcontact::time::now_ms() + FULL_FOR_MS, Ordering::Relaxed),
+            _ => {}
         }
         let label = match &result {
             Ok(()) => "ack",
@@ -170,6 +179,16 @@ impl Publisher {
             .await
             .map_err(|_| PublishError::Timeout(self.confirm_timeout))
             .and_then(|r| r)
+    }
+
+    /// A send now would be refused anyway: the queue was full a moment ago, the connection is
+    /// blocked by a resource alarm, or there is no session. The API then answers 503 before
+    /// reserving anything, so a flood at the queue's max length costs no database writes.
+    pub fn refusing(&self) -> bool {
+        msgcontact::time::now_ms() < self.full_until_ms.load(Ordering::Relaxed)
+            || self
+                .current()
+                .is_none_or(|s| s.conn.status().blocked() || !s.healthy())
     }
 
     /// Connected, every channel open, and not blocked by a resource alarm.

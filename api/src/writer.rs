@@ -83,6 +83,17 @@ impl Writer {
         Self { tx }
     }
 
+    /// Records a nonce in a coming batch without waiting for it (a request answered at once
+    /// still spends its nonce). Dropped if the writer's queue is full: that request got an
+    /// error, so a replay of it gains nothing it could not have by being sent again.
+    pub fn record_nonce_later(&self, nonce: NonceKey) {
+        let (reply, _) = oneshot::channel();
+        let _ = self.tx.try_send(Job {
+            op: Op::Nonce(nonce),
+            reply,
+        });
+    }
+
     /// Applies one operation in the next batch and returns its own outcome.
     pub async fn submit(&self, op: Op) -> Result<(), ApiError> {
         let (reply, rx) = oneshot::channel();

@@ -60,6 +60,18 @@ pub async fn send_phone(
         .map(|l| Ord::max(l, 0) as u32)
         .unwrap_or(state.policy.daily_limit);
 
+    // Backpressure before any reservation: while the queue is full (or the broker away) the
+    // answer is a fast 503 that takes no quota and writes nothing but the nonce.
+    if state.publisher.refusing() {
+        metrics::counter!("msgcontact_sends_shed_total").increment(1);
+        if let Some(n) = nonce {
+            state.writer.record_nonce_later(n);
+        }
+        return Err(ApiError::ServiceUnavailable {
+            retry_after_ms: 1000,
+        });
+    }
+
     let now = now_ms();
     let day = utc_day(now);
     let cooldown_ms = state.policy.cooldown().as_millis() as i64;
