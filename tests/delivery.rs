@@ -330,8 +330,8 @@ async fn a_full_queue_answers_503_and_releases_the_quota(backend: Backend) {
         );
         assert!(r.headers.contains_key("x-acs-retry-after"));
     }
-    // Once the moment has passed, a send probes the broker again (refused again: still full).
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A second later a send probes the broker again (refused again: still full).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     let probe = app
         .call(
             "SendPhoneVerificationForMessageContact",

@@ -81,9 +81,11 @@ pub struct Publisher {
     full_until_ms: AtomicI64,
 }
 
-/// How long a refused publish marks the queue full. Short, so acceptance resumes as soon as the
-/// workers make room; long enough that a flood is answered without touching the database.
-const FULL_FOR_MS: i64 = 200;
+/// How long a refused publish marks the queue full: one probe per second goes to the broker, the
+/// rest of a flood is answered without touching the database. A quorum queue that refused a
+/// publish accepts again only once it is below 80 % of its max length, so probing more often
+/// would find nothing sooner.
+const FULL_FOR_MS: i64 = 1000;
 
 impl Publisher {
     /// Connects and declares the topology; fails if the broker is unreachable now (startup).

@@ -15,6 +15,7 @@ const WORKER: &str = env!("CARGO_BIN_EXE_msgcontact-worker");
 on_both_backends! {
     sigkill_with_a_full_prefetch_loses_nothing;
     sigkill_between_provider_accept_and_commit;
+    sigterm_finishes_the_job_in_flight_and_exits_0;
 }
 
 fn options() -> Options {
@@ -195,5 +196,37 @@ async fn the_worker_binary_rides_out_a_broker_loss_and_exits_non_zero_past_the_d
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert!(!status.success(), "exit status {status}");
+    app.cleanup().await;
+}
+
+async fn sigterm_finishes_the_job_in_flight_and_exits_0(backend: Backend) {
+    let app = TestApp::spawn_with(backend, options()).await;
+    // The provider takes two seconds to answer: SIGTERM arrives while the call is in flight.
+    app.sms.script([Step::Hang(Duration::from_secs(2))]);
+    let accepted = send_to_new_contacts(&app, 1).await;
+    let mut worker = app.spawn_worker_process(WORKER, &[]);
+    wait_until("the provider call", 30, || !app.sms.received().is_empty()).await;
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &worker.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(40);
+    let status = loop {
+        if let Some(s) = worker.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the worker did not stop after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status.code(), Some(0), "exit status {status}");
+    // The job in flight was finished and recorded before the exit: one SMS, Sent, acknowledged.
+    let r = app.wait_status(&accepted[0], "Sent", 1).await;
+    assert_eq!(r["Attempts"], 1);
+    assert_eq!(app.sms.delivered(&accepted[0]), 1);
+    assert_invariants(&app, &accepted).await;
     app.cleanup().await;
 }

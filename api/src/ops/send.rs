@@ -43,6 +43,19 @@ pub async fn send_phone(
         &state.policy.supported_country_codes,
     )?;
     let phone_s = phone.to_string();
+    // Backpressure right after the parameters are known good: while the queue is full (or the
+    // broker away) the answer is a fast 503 that reads nothing, takes no quota and writes nothing
+    // but the nonce. The caller retries after retry-after and then gets the remaining checks.
+    if state.publisher.refusing() {
+        metrics::counter!("msgcontact_sends_shed_total").increment(1);
+        if let Some(n) = nonce {
+            state.writer.record_nonce_later(n);
+        }
+        return Err(ApiError::ServiceUnavailable {
+            retry_after_ms: 1000,
+        });
+    }
+
     let c = find_contact(&state.db, account, &id).await?;
     if c.pending_phone.as_deref() != Some(phone_s.as_str())
         && c.phone.as_deref() != Some(phone_s.as_str())
@@ -59,18 +72,6 @@ pub async fn send_phone(
         .and_then(|a| a.daily_limit)
         .map(|l| Ord::max(l, 0) as u32)
         .unwrap_or(state.policy.daily_limit);
-
-    // Backpressure before any reservation: while the queue is full (or the broker away) the
-    // answer is a fast 503 that takes no quota and writes nothing but the nonce.
-    if state.publisher.refusing() {
-        metrics::counter!("msgcontact_sends_shed_total").increment(1);
-        if let Some(n) = nonce {
-            state.writer.record_nonce_later(n);
-        }
-        return Err(ApiError::ServiceUnavailable {
-            retry_after_ms: 1000,
-        });
-    }
 
     let now = now_ms();
     let day = utc_day(now);
