@@ -58,22 +58,8 @@ async fn sigterm_stops_the_api_binary_with_exit_0() {
         .await;
     r.assert_ok();
 
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &api.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(s) = api.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the API did not stop within 30 s of SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    common::signal(&api, "-TERM");
+    let status = common::wait_for_exit(&mut api, 30, "the API after SIGTERM").await;
     assert_eq!(status.code(), Some(0), "exit status {status}");
     assert_eq!(
         common::depth(&app.work_queue()).await,

@@ -841,6 +841,35 @@ pub async fn assert_invariants(app: &TestApp, accepted: &[String]) {
     }
 }
 
+/// Sends `signal` (e.g. `-TERM`) to a child process.
+pub fn signal(child: &std::process::Child, signal: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .expect("kill")
+        .success();
+    assert!(ok, "kill {signal} failed");
+}
+
+/// Waits up to `secs` for a child process to exit and returns its status.
+pub async fn wait_for_exit(
+    child: &mut std::process::Child,
+    secs: u64,
+    what: &str,
+) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} did not exit within {secs} s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Ready messages in a queue (0 if it does not exist), read the way the worker's report reads it.
 pub async fn depth(queue: &str) -> u32 {
     let conn = msgcontact::amqp::connect(&amqp_url(), "test-probe")

@@ -184,17 +184,12 @@ async fn the_worker_binary_rides_out_a_broker_loss_and_exits_non_zero_past_the_d
     );
 
     proxy.cut();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(s) = worker.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the worker kept running with the broker gone past its recovery deadline"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let status = common::wait_for_exit(
+        &mut worker,
+        60,
+        "the worker with the broker gone past its recovery deadline",
+    )
+    .await;
     assert!(!status.success(), "exit status {status}");
     app.cleanup().await;
 }
@@ -206,22 +201,8 @@ async fn sigterm_finishes_the_job_in_flight_and_exits_0(backend: Backend) {
     let accepted = send_to_new_contacts(&app, 1).await;
     let mut worker = app.spawn_worker_process(WORKER, &[]);
     wait_until("the provider call", 30, || !app.sms.received().is_empty()).await;
-    let term = std::process::Command::new("kill")
-        .args(["-TERM", &worker.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(term.success());
-    let deadline = std::time::Instant::now() + Duration::from_secs(40);
-    let status = loop {
-        if let Some(s) = worker.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the worker did not stop after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    common::signal(&worker, "-TERM");
+    let status = common::wait_for_exit(&mut worker, 40, "the worker after SIGTERM").await;
     assert_eq!(status.code(), Some(0), "exit status {status}");
     // The job in flight was finished and recorded before the exit: one SMS, Sent, acknowledged.
     let r = app.wait_status(&accepted[0], "Sent", 1).await;
