@@ -790,6 +790,14 @@ async fn authentication_errors(backend: Backend) {
     )
     .await
     .assert_error(400, "InvalidAccessKeyId.Inactive");
+    // A send too: the key was cached as active by the calls above, and the batch that would spend
+    // its quota re-checks it.
+    app.call(
+        "SendPhoneVerificationForMessageContact",
+        &[("ContactId", "c-0000000000000000"), ("PhoneNumber", PHONE)],
+    )
+    .await
+    .assert_error(400, "InvalidAccessKeyId.Inactive");
     app.cleanup().await;
 }
 

@@ -1,6 +1,14 @@
 //! Inbound authentication: ACS3-HMAC-SHA256 and v1 HMAC-SHA1, timestamps, replay-proof nonces.
 //!
 //! Nonces are recorded in the database, so a replay is caught whichever API process receives it.
+//! Active keys are cached; the writer re-checks a key's status in the transaction that records the
+//! request's nonce, so a key disabled in the database is refused from its next batch on.
+
+use std::{
+    collections::HashMap,
+    sync::RwLock,
+    time::{Duration, Instant},
+};
 
 use axum::http::HeaderMap;
 use chrono::{DateTime, NaiveDateTime, Utc};
@@ -18,6 +26,63 @@ use crate::{params::Params, writer::NonceKey};
 
 /// How far a request's timestamp may be from our clock, either way.
 pub const MAX_SKEW_MS: i64 = 15 * 60 * 1000;
+
+/// How long a key's secret is trusted without reading it again. Its status is re-checked in every
+/// batch regardless; this only bounds how stale a cached secret can be.
+const KEY_TTL: Duration = Duration::from_secs(60);
+/// Keys cached at most; past it the cache starts over (a scan of many unknown keys is not
+/// cached at all, only keys that signed a request correctly are).
+const MAX_CACHED_KEYS: usize = 10_000;
+
+/// Access keys by id: a read-through cache of the active ones in front of the database.
+pub struct KeyStore {
+    db: DatabaseConnection,
+    cache: RwLock<HashMap<String, (access_key::Model, Instant)>>,
+}
+
+impl KeyStore {
+    pub fn new(db: DatabaseConnection) -> Self {
+        Self {
+            db,
+            cache: RwLock::default(),
+        }
+    }
+
+    /// Forgets a key, e.g. when the writer found it disabled.
+    pub fn forget(&self, id: &str) {
+        self.cache
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+    }
+
+    async fn lookup(&self, id: &str) -> Result<access_key::Model, ApiError> {
+        if let Some((key, at)) = self.cache.read().unwrap_or_else(|e| e.into_inner()).get(id)
+            && at.elapsed() < KEY_TTL
+        {
+            return Ok(key.clone());
+        }
+        let key = access_key::Entity::find_by_id(id.to_owned())
+            .one(&self.db)
+            .await
+            .map_err(db_unavailable)?
+            .ok_or(ApiError::AccessKeyNotFound)?;
+        if key.status != status::access_key::ACTIVE {
+            self.forget(id);
+            return Err(ApiError::AccessKeyInactive);
+        }
+        Ok(key)
+    }
+
+    /// Remembers a key after it verified a signature.
+    fn remember(&self, key: &access_key::Model) {
+        let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= MAX_CACHED_KEYS && !cache.contains_key(&key.access_key_id) {
+            cache.clear();
+        }
+        cache.insert(key.access_key_id.clone(), (key.clone(), Instant::now()));
+    }
+}
 
 /// What the signature covers besides the parameters.
 pub struct SignedRequest<'a> {
@@ -41,10 +106,7 @@ pub struct Caller {
 /// Authenticates a request: the key, its status, the timestamp and the signature. Recording the
 /// nonce (replay protection) is left to the caller, so a send can record it in the same grouped
 /// transaction as its reservation.
-pub async fn authenticate(
-    db: &DatabaseConnection,
-    req: &SignedRequest<'_>,
-) -> Result<Caller, ApiError> {
+pub async fn authenticate(db: &KeyStore, req: &SignedRequest<'_>) -> Result<Caller, ApiError> {
     let authz = req
         .headers
         .get("authorization")
@@ -71,11 +133,7 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .filter(|v| !v.is_empty())
 }
 
-async fn acs3(
-    db: &DatabaseConnection,
-    req: &SignedRequest<'_>,
-    authz: &str,
-) -> Result<Caller, ApiError> {
+async fn acs3(db: &KeyStore, req: &SignedRequest<'_>, authz: &str) -> Result<Caller, ApiError> {
     let auth = Acs3Authorization::parse(authz).ok_or(ApiError::IncompleteSignature(
         "The Authorization header is malformed.",
     ))?;
@@ -120,7 +178,7 @@ async fn acs3(
         headers.push((name.to_string(), values.join(",")));
     }
 
-    let key = lookup_key(db, &auth.access_key_id).await?;
+    let key = db.lookup(&auth.access_key_id).await?;
     check_timestamp(parse_time(date)?)?;
     if !signing::signatures_equal(
         &signing::sha256_hex(req.body),
@@ -140,10 +198,11 @@ async fn acs3(
     if !signing::signatures_equal(&expected, &auth.signature.to_ascii_lowercase()) {
         return Err(ApiError::SignatureDoesNotMatch);
     }
+    db.remember(&key);
     caller(&key, nonce)
 }
 
-async fn v1(db: &DatabaseConnection, req: &SignedRequest<'_>) -> Result<Caller, ApiError> {
+async fn v1(db: &KeyStore, req: &SignedRequest<'_>) -> Result<Caller, ApiError> {
     let p = req.all_params;
     let missing = |what| ApiError::IncompleteSignature(what);
     let ak = p
@@ -162,7 +221,7 @@ async fn v1(db: &DatabaseConnection, req: &SignedRequest<'_>) -> Result<Caller, 
     if p.get("SignatureVersion").is_none() {
         return Err(missing("SignatureVersion is missing."));
     }
-    let key = lookup_key(db, ak).await?;
+    let key = db.lookup(ak).await?;
     check_timestamp(parse_time(timestamp)?)?;
     let signed_params: Vec<(&str, &str)> = p
         .pairs()
@@ -177,19 +236,8 @@ async fn v1(db: &DatabaseConnection, req: &SignedRequest<'_>) -> Result<Caller, 
     if !signing::signatures_equal(&expected, signature) {
         return Err(ApiError::SignatureDoesNotMatch);
     }
+    db.remember(&key);
     caller(&key, nonce)
-}
-
-async fn lookup_key(db: &DatabaseConnection, id: &str) -> Result<access_key::Model, ApiError> {
-    let key = access_key::Entity::find_by_id(id.to_owned())
-        .one(db)
-        .await
-        .map_err(db_unavailable)?
-        .ok_or(ApiError::AccessKeyNotFound)?;
-    if key.status != status::access_key::ACTIVE {
-        return Err(ApiError::AccessKeyInactive);
-    }
-    Ok(key)
 }
 
 fn parse_time(s: &str) -> Result<i64, ApiError> {

@@ -90,6 +90,8 @@ pub struct Config {
 /// Shared by every request.
 pub struct AppState {
     pub db: DatabaseConnection,
+    /// Access keys, cached (their status is re-checked by the writer).
+    pub keys: auth::KeyStore,
     pub policy: PolicyConfig,
     pub publisher: Publisher,
     /// Group commit of nonces and send reservations.
@@ -126,6 +128,7 @@ impl Application {
             msgcontact::db::connect(&config.infra.database_url, config.infra.database_pool).await?;
         let code_secret =
             msgcontact::db::code_secret(&db, config.infra.code_secret.as_deref()).await?;
+        let writer_db = msgcontact::db::connect_single(&config.infra.database_url).await?;
         let topology = config.infra.topology();
         let publisher = Publisher::connect(
             &config.infra.amqp_url,
@@ -141,7 +144,8 @@ impl Application {
             broker_recovery_timeout: config.infra.broker_recovery_timeout(),
             topology,
             state: Arc::new(AppState {
-                writer: writer::Writer::start(db.clone(), config.api.write_batch_max),
+                writer: writer::Writer::start(writer_db, config.api.write_batch_max),
+                keys: auth::KeyStore::new(db.clone()),
                 db,
                 policy: config.policy,
                 publisher,
@@ -376,7 +380,7 @@ async fn handle(
         return Err(ApiError::InvalidVersion);
     }
     let caller = auth::authenticate(
-        &state.db,
+        &state.keys,
         &auth::SignedRequest {
             method: parts.method.as_str(),
             path: parts.uri.path(),
@@ -388,17 +392,26 @@ async fn handle(
         },
     )
     .await?;
-    // A send records its nonce in the same grouped transaction as its reservation.
-    let nonce = if action == ops::SEND_PHONE {
-        Some(caller.nonce)
-    } else {
-        state.writer.submit(writer::Op::Nonce(caller.nonce)).await?;
-        None
-    };
-    use tracing::Instrument;
-    ops::dispatch(state, &action, &caller.account, &all, request_id, nonce)
-        .instrument(span.clone())
-        .await
+    let key_id = caller.nonce.access_key_id.clone();
+    let result = async {
+        // A send records its nonce in the same grouped transaction as its reservation.
+        let nonce = if action == ops::SEND_PHONE {
+            Some(caller.nonce)
+        } else {
+            state.writer.submit(writer::Op::Nonce(caller.nonce)).await?;
+            None
+        };
+        use tracing::Instrument;
+        ops::dispatch(state, &action, &caller.account, &all, request_id, nonce)
+            .instrument(span.clone())
+            .await
+    }
+    .await;
+    if matches!(result, Err(ApiError::AccessKeyInactive)) {
+        // The writer found the key disabled since it was cached.
+        state.keys.forget(&key_id);
+    }
+    result
 }
 
 fn is_form(headers: &HeaderMap) -> bool {

@@ -122,6 +122,7 @@ impl Publisher {
         job: &SendJob,
         traceparent: Option<&str>,
     ) -> Result<(), PublishError> {
+        let started = std::time::Instant::now();
         let result = match self.current() {
             None => Err(PublishError::Disconnected),
             // A blocked connection would hold the publish until the confirm timeout: refuse now.
@@ -144,6 +145,8 @@ impl Publisher {
             Err(PublishError::Disconnected | PublishError::Broker(_)) => "error",
         };
         metrics::counter!(msgcontact::metrics::PUBLISH_CONFIRMS, "result" => label).increment(1);
+        metrics::histogram!(msgcontact::metrics::PUBLISH_DURATION)
+            .record(started.elapsed().as_secs_f64());
         result
     }
 

@@ -1,24 +1,29 @@
-//! Group commit for the accept path: concurrent requests' nonce records and send reservations are
-//! applied by one writer task in shared transactions, so a burst of sends costs one commit per
-//! batch instead of one (or two) per request, and SQLite never sees the API's writers compete.
+//! Group commit for the accept path: concurrent requests' key checks, nonce records and send
+//! reservations are applied by one writer task in shared transactions of a fixed number of
+//! statements, so a burst of sends costs one commit and a handful of statements per batch instead of
+//! several round trips per request, and SQLite never sees the API's writers compete.
 //!
-//! Every limit stays exact: each reservation runs the same conditional statements as a lone
-//! request would (the quota's `count < limit` increment, the cooldown claim), in order, inside the
-//! batch's transaction; on PostgreSQL the row locks still serialize batches of different API
-//! processes. Items are applied in (account, contact) order so two processes' batches take their
-//! locks in the same order and cannot deadlock.
+//! Every limit stays exact: the batch reads its counter and contact rows locked (on SQLite the
+//! transaction holds the database's write lock), decides each send in arrival order against those
+//! rows exactly as a lone request would (a send accepted earlier in the batch has taken its quota
+//! unit and cooldown slot for the next), and writes the result back before it commits. Rows are
+//! locked in key order, and a contact's row only after its account's counter, so two API processes'
+//! batches queue on the same rows in the same order and cannot deadlock.
 
-use std::{collections::HashSet, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    time::Duration,
+};
 
 use msgcontact::{
     ApiError,
-    entities::{contact, daily_counter, send_request, signature_nonce},
-    status::SendStatus,
+    entities::{access_key, account, contact, daily_counter, send_request, signature_nonce},
+    status::{self, SendStatus},
 };
 use sea_orm::{
     ActiveValue::Set,
-    ColumnTrait, Condition, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait,
-    QueryFilter,
+    ColumnTrait, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect,
     sea_query::{Expr, ExprTrait, OnConflict},
 };
 use tokio::sync::{mpsc, oneshot};
@@ -33,12 +38,14 @@ pub struct NonceKey {
 }
 
 /// Everything a send reserves: a daily-quota unit, the contact's cooldown slot and the request row.
+/// The contact and the account's own limit are read in the batch, under its locks.
 #[derive(Debug, Clone)]
 pub struct Reservation {
     pub account_id: String,
     pub contact_id: String,
     pub phone: String,
-    pub limit: u32,
+    /// The quota when the account has no limit of its own.
+    pub default_limit: u32,
     pub cooldown_ms: i64,
     pub now_ms: i64,
     pub day: String,
@@ -115,7 +122,8 @@ async fn run(db: DatabaseConnection, mut rx: mpsc::Receiver<Job>, max_batch: usi
     let mut counters: HashSet<(String, String)> = HashSet::new();
     while rx.recv_many(&mut batch, max_batch).await > 0 {
         batch.sort_by(|a, b| a.op.order_key().cmp(&b.op.order_key()));
-        metrics::histogram!("msgcontact_write_batch_size").record(batch.len() as f64);
+        metrics::histogram!(msgcontact::metrics::WRITE_BATCH_SIZE).record(batch.len() as f64);
+        let started = std::time::Instant::now();
         // One retry covers a lost deadlock or serialization race; the batch is all-or-nothing.
         let mut outcome = apply(&db, &batch, &counters).await;
         if let Err(e) = &outcome {
@@ -123,6 +131,8 @@ async fn run(db: DatabaseConnection, mut rx: mpsc::Receiver<Job>, max_batch: usi
             tokio::time::sleep(Duration::from_millis(20)).await;
             outcome = apply(&db, &batch, &counters).await;
         }
+        metrics::histogram!(msgcontact::metrics::WRITE_BATCH_DURATION)
+            .record(started.elapsed().as_secs_f64());
         match outcome {
             Ok((results, ensured)) => {
                 if counters.len() > 100_000 {
@@ -147,8 +157,17 @@ async fn run(db: DatabaseConnection, mut rx: mpsc::Receiver<Job>, max_batch: usi
 
 type Applied = (Vec<Result<(), ApiError>>, Vec<(String, String)>);
 
-/// One transaction for the whole batch: the nonces in one statement, then each reservation's
-/// conditional updates in order, then the accepted requests' rows in one statement.
+fn nonce_of(op: &Op) -> Option<&NonceKey> {
+    match op {
+        Op::Nonce(n) => Some(n),
+        Op::Send { nonce, .. } => nonce.as_ref(),
+    }
+}
+
+/// One transaction for the whole batch, a fixed number of statements whatever its size: the keys'
+/// status, the nonces, then for the sends one read of their accounts, counters and contacts (the
+/// counter and contact rows locked), every check decided in memory in arrival order, and one write
+/// each for the counters, the contacts' cooldown slots and the new request rows.
 async fn apply(
     db: &DatabaseConnection,
     batch: &[Job],
@@ -159,16 +178,42 @@ async fn apply(
         .map_err(|e| DbErr::Custom(e.to_string()))?;
     let mut results: Vec<Result<(), ApiError>> = vec![Ok(()); batch.len()];
 
+    // Keys: authentication used a cached copy of the key, so a key disabled since is refused here,
+    // inside the transaction that would spend its nonce or quota.
+    let key_ids: BTreeSet<&str> = batch
+        .iter()
+        .filter_map(|j| nonce_of(&j.op))
+        .map(|n| n.access_key_id.as_str())
+        .collect();
+    if !key_ids.is_empty() {
+        let active: HashSet<String> = access_key::Entity::find()
+            .select_only()
+            .column(access_key::Column::AccessKeyId)
+            .filter(access_key::Column::AccessKeyId.is_in(key_ids.iter().copied()))
+            .filter(access_key::Column::Status.eq(status::access_key::ACTIVE))
+            .into_tuple::<String>()
+            .all(&txn)
+            .await?
+            .into_iter()
+            .collect();
+        for (i, job) in batch.iter().enumerate() {
+            if let Some(n) = nonce_of(&job.op)
+                && !active.contains(&n.access_key_id)
+            {
+                results[i] = Err(ApiError::AccessKeyInactive);
+            }
+        }
+    }
+
     // Nonces: the rows that come back inserted are fresh; a nonce already recorded, or repeated
     // within this batch, is a replay.
     let mut seen = HashSet::new();
     let mut fresh_rows = Vec::new();
     for (i, job) in batch.iter().enumerate() {
-        let n = match &job.op {
-            Op::Nonce(n) => Some(n),
-            Op::Send { nonce, .. } => nonce.as_ref(),
-        };
-        if let Some(n) = n {
+        if results[i].is_err() {
+            continue;
+        }
+        if let Some(n) = nonce_of(&job.op) {
             if seen.insert((n.access_key_id.as_str(), n.nonce.as_str())) {
                 fresh_rows.push(signature_nonce::ActiveModel {
                     access_key_id: Set(n.access_key_id.clone()),
@@ -202,11 +247,7 @@ async fn apply(
             };
         let mut claimed = HashSet::new();
         for (i, job) in batch.iter().enumerate() {
-            let n = match &job.op {
-                Op::Nonce(n) => Some(n),
-                Op::Send { nonce, .. } => nonce.as_ref(),
-            };
-            if let Some(n) = n
+            if let Some(n) = nonce_of(&job.op)
                 && results[i].is_ok()
             {
                 let key = (n.access_key_id.clone(), n.nonce.clone());
@@ -217,38 +258,205 @@ async fn apply(
         }
     }
 
+    let sends: Vec<(usize, &Reservation)> = batch
+        .iter()
+        .enumerate()
+        .filter_map(|(i, j)| match &j.op {
+            Op::Send { reservation, .. } if results[i].is_ok() => Some((i, reservation)),
+            _ => None,
+        })
+        .collect();
     let mut ensured = Vec::new();
-    let mut requests = Vec::new();
-    for (i, job) in batch.iter().enumerate() {
-        let Op::Send { reservation: r, .. } = &job.op else {
-            continue;
-        };
-        if results[i].is_err() {
-            continue;
-        }
-        let counter = (r.account_id.clone(), r.day.clone());
-        if !counters.contains(&counter) && !ensured.contains(&counter) {
-            ensure_counter(&txn, r).await?;
-            ensured.push(counter);
-        }
-        results[i] = reserve(&txn, r).await?;
-        if results[i].is_ok() {
-            requests.push(request_row(r));
-        }
-    }
-    if !requests.is_empty() {
-        send_request::Entity::insert_many(requests)
-            .exec_without_returning(&txn)
-            .await?;
+    if !sends.is_empty() {
+        reserve_all(&txn, &sends, counters, &mut ensured, &mut results).await?;
     }
     txn.commit().await?;
     Ok((results, ensured))
 }
 
-async fn ensure_counter(txn: &DatabaseTransaction, r: &Reservation) -> Result<(), DbErr> {
+/// The quota and cooldown of a batch's sends, each decided exactly as a lone request would be.
+///
+/// The counter rows are read locked (they exist first: a row that is missing cannot be locked),
+/// then the contacts, both in key order: two API processes' batches queue on the same rows in the
+/// same order. On SQLite the `BEGIN IMMEDIATE` write lock does the same for the whole database.
+async fn reserve_all(
+    txn: &DatabaseTransaction,
+    sends: &[(usize, &Reservation)],
+    known: &HashSet<(String, String)>,
+    ensured: &mut Vec<(String, String)>,
+    results: &mut [Result<(), ApiError>],
+) -> Result<(), DbErr> {
+    let groups: BTreeSet<(&str, &str)> = sends
+        .iter()
+        .map(|(_, r)| (r.account_id.as_str(), r.day.as_str()))
+        .collect();
+    for &(account, day) in &groups {
+        let key = (account.to_owned(), day.to_owned());
+        if !known.contains(&key) {
+            ensure_counter(txn, account, day).await?;
+            ensured.push(key);
+        }
+    }
+    let mut counts = lock_counters(txn, &groups).await?;
+    let missing: Vec<(&str, &str)> = groups
+        .iter()
+        .filter(|(a, d)| !counts.contains_key(&((*a).to_owned(), (*d).to_owned())))
+        .copied()
+        .collect();
+    if !missing.is_empty() {
+        // A row believed to exist was purged since (a new day's housekeeping): create it again.
+        for &(account, day) in &missing {
+            ensure_counter(txn, account, day).await?;
+        }
+        counts = lock_counters(txn, &groups).await?;
+    }
+    let accounts: BTreeSet<&str> = groups.iter().map(|(a, _)| *a).collect();
+    let limits: HashMap<String, Option<i32>> = account::Entity::find()
+        .select_only()
+        .column(account::Column::AccountId)
+        .column(account::Column::DailyLimit)
+        .filter(account::Column::AccountId.is_in(accounts.iter().copied()))
+        .into_tuple::<(String, Option<i32>)>()
+        .all(txn)
+        .await?
+        .into_iter()
+        .collect();
+    let contact_ids: BTreeSet<&str> = sends.iter().map(|(_, r)| r.contact_id.as_str()).collect();
+    let mut contacts: HashMap<String, contact::Model> = contact::Entity::find()
+        .filter(contact::Column::ContactId.is_in(contact_ids.iter().copied()))
+        .order_by_asc(contact::Column::ContactId)
+        .lock_exclusive()
+        .all(txn)
+        .await?
+        .into_iter()
+        .map(|c| (c.contact_id.clone(), c))
+        .collect();
+
+    let start = counts.clone();
+    let mut claimed: BTreeMap<String, i64> = BTreeMap::new();
+    let mut rows = Vec::new();
+    for &(i, r) in sends {
+        let outcome = decide(r, &limits, &mut counts, &mut contacts);
+        if outcome.is_ok() {
+            claimed.insert(r.contact_id.clone(), r.now_ms);
+            rows.push(request_row(r));
+        }
+        results[i] = outcome;
+    }
+
+    for ((account, day), count) in &counts {
+        let taken = count
+            - start
+                .get(&(account.clone(), day.clone()))
+                .copied()
+                .unwrap_or(0);
+        if taken > 0 {
+            daily_counter::Entity::update_many()
+                .col_expr(
+                    daily_counter::Column::Count,
+                    Expr::col(daily_counter::Column::Count).add(taken),
+                )
+                .filter(daily_counter::Column::AccountId.eq(account.as_str()))
+                .filter(daily_counter::Column::Day.eq(day.as_str()))
+                .exec(txn)
+                .await?;
+        }
+    }
+    if let Some((first, at)) = claimed.first_key_value() {
+        // One statement for every slot the batch claimed, each with its own send time (a failed
+        // publish gives a slot back only if it still holds that time).
+        let mut slot = Expr::case(
+            Expr::col(contact::Column::ContactId).eq(first.as_str()),
+            *at,
+        );
+        for (id, at) in claimed.iter().skip(1) {
+            slot = slot.case(Expr::col(contact::Column::ContactId).eq(id.as_str()), *at);
+        }
+        contact::Entity::update_many()
+            .col_expr(
+                contact::Column::LastSendMs,
+                slot.finally(Expr::col(contact::Column::LastSendMs)).into(),
+            )
+            .filter(contact::Column::ContactId.is_in(claimed.keys().map(String::as_str)))
+            .exec(txn)
+            .await?;
+    }
+    if !rows.is_empty() {
+        send_request::Entity::insert_many(rows)
+            .exec_without_returning(txn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// One send's synchronous checks against the rows read for its batch, in the SPEC's order (the
+/// contact, the number, the quota's 409 before the cooldown's 429); an accepted send takes its
+/// quota unit and cooldown slot in those rows, so the batch's next send sees them taken.
+fn decide(
+    r: &Reservation,
+    limits: &HashMap<String, Option<i32>>,
+    counts: &mut HashMap<(String, String), i32>,
+    contacts: &mut HashMap<String, contact::Model>,
+) -> Result<(), ApiError> {
+    let c = contacts
+        .get_mut(&r.contact_id)
+        .filter(|c| c.account_id == r.account_id)
+        .ok_or(ApiError::ContactNotFound)?;
+    let pending = c.pending_phone.as_deref() == Some(r.phone.as_str());
+    if !pending && c.phone.as_deref() != Some(r.phone.as_str()) {
+        return Err(ApiError::InvalidParameter("PhoneNumber"));
+    }
+    if !pending {
+        return Err(ApiError::VerificationNotFound);
+    }
+    let limit = limits
+        .get(&r.account_id)
+        .copied()
+        .flatten()
+        .map(|l| Ord::max(l, 0) as u32)
+        .unwrap_or(r.default_limit);
+    let count = counts
+        .entry((r.account_id.clone(), r.day.clone()))
+        .or_insert(0);
+    if *count as i64 >= limit as i64 {
+        return Err(ApiError::DailyLimitExceeded);
+    }
+    if r.cooldown_ms > 0
+        && let Some(last) = c.last_send_ms
+        && last > r.now_ms - r.cooldown_ms
+    {
+        return Err(ApiError::ContactThrottled {
+            retry_after_ms: Ord::max(last + r.cooldown_ms - r.now_ms, 1) as u64,
+        });
+    }
+    *count += 1;
+    c.last_send_ms = Some(r.now_ms);
+    Ok(())
+}
+
+async fn lock_counters(
+    txn: &DatabaseTransaction,
+    groups: &BTreeSet<(&str, &str)>,
+) -> Result<HashMap<(String, String), i32>, DbErr> {
+    let accounts: BTreeSet<&str> = groups.iter().map(|(a, _)| *a).collect();
+    let days: BTreeSet<&str> = groups.iter().map(|(_, d)| *d).collect();
+    Ok(daily_counter::Entity::find()
+        .filter(daily_counter::Column::AccountId.is_in(accounts))
+        .filter(daily_counter::Column::Day.is_in(days))
+        .order_by_asc(daily_counter::Column::AccountId)
+        .order_by_asc(daily_counter::Column::Day)
+        .lock_exclusive()
+        .all(txn)
+        .await?
+        .into_iter()
+        .map(|c| ((c.account_id, c.day), c.count))
+        .collect())
+}
+
+async fn ensure_counter(txn: &DatabaseTransaction, account: &str, day: &str) -> Result<(), DbErr> {
     daily_counter::Entity::insert(daily_counter::ActiveModel {
-        account_id: Set(r.account_id.clone()),
-        day: Set(r.day.clone()),
+        account_id: Set(account.to_owned()),
+        day: Set(day.to_owned()),
         count: Set(0),
     })
     .on_conflict(
@@ -286,64 +494,4 @@ fn request_row(r: &Reservation) -> send_request::ActiveModel {
         sent_ms: Set(None),
         updated_ms: Set(r.now_ms),
     }
-}
-
-/// The quota and cooldown of one send, exactly as a lone transaction would take them.
-async fn reserve(
-    txn: &DatabaseTransaction,
-    r: &Reservation,
-) -> Result<Result<(), ApiError>, DbErr> {
-    // Quota first (its 409 outranks the cooldown's 429): an atomic conditional increment.
-    let reserved = daily_counter::Entity::update_many()
-        .col_expr(
-            daily_counter::Column::Count,
-            Expr::col(daily_counter::Column::Count).add(1),
-        )
-        .filter(daily_counter::Column::AccountId.eq(r.account_id.as_str()))
-        .filter(daily_counter::Column::Day.eq(r.day.as_str()))
-        .filter(daily_counter::Column::Count.lt(r.limit as i32))
-        .exec(txn)
-        .await?;
-    if reserved.rows_affected == 0 {
-        return Ok(Err(ApiError::DailyLimitExceeded));
-    }
-    // Cooldown: claim the contact's send slot only if the last send is old enough.
-    let mut claim = contact::Entity::update_many()
-        .col_expr(contact::Column::LastSendMs, Expr::value(r.now_ms))
-        .filter(contact::Column::ContactId.eq(r.contact_id.as_str()))
-        .filter(contact::Column::AccountId.eq(r.account_id.as_str()))
-        .filter(contact::Column::PendingPhone.eq(r.phone.as_str()));
-    if r.cooldown_ms > 0 {
-        claim = claim.filter(
-            Condition::any()
-                .add(contact::Column::LastSendMs.is_null())
-                .add(contact::Column::LastSendMs.lte(r.now_ms - r.cooldown_ms)),
-        );
-    }
-    let claimed = claim.exec(txn).await?;
-    if claimed.rows_affected == 0 {
-        // Give the quota unit back (the batch commits, so no rollback does it for us).
-        daily_counter::Entity::update_many()
-            .col_expr(
-                daily_counter::Column::Count,
-                Expr::col(daily_counter::Column::Count).sub(1),
-            )
-            .filter(daily_counter::Column::AccountId.eq(r.account_id.as_str()))
-            .filter(daily_counter::Column::Day.eq(r.day.as_str()))
-            .exec(txn)
-            .await?;
-        // Tell apart a concurrent change of the contact from the cooldown.
-        let c = contact::Entity::find_by_id(r.contact_id.clone())
-            .filter(contact::Column::AccountId.eq(r.account_id.as_str()))
-            .one(txn)
-            .await?;
-        let Some(c) = c.filter(|c| c.pending_phone.as_deref() == Some(r.phone.as_str())) else {
-            return Ok(Err(ApiError::VerificationNotFound));
-        };
-        let wait = c.last_send_ms.unwrap_or(r.now_ms) + r.cooldown_ms - r.now_ms;
-        return Ok(Err(ApiError::ContactThrottled {
-            retry_after_ms: Ord::max(wait, 1) as u64,
-        }));
-    }
-    Ok(Ok(()))
 }

@@ -36,6 +36,8 @@ enum Cmd {
     Run(RunArgs),
     /// Held load: offered sends/s above the provider's rate, per-minute table, then the drain.
     Held(HeldArgs),
+    /// The cost of scraping /metrics: many alternating unscraped/scraped closed-loop runs.
+    Scrape(ScrapeArgs),
     /// Baseline (a): an HTTP handler that only publishes one persistent message with confirm.
     #[command(hide = true)]
     BaselinePublish(baseline::PublishArgs),
@@ -80,6 +82,24 @@ struct RunArgs {
 }
 
 #[derive(clap::Args)]
+struct ScrapeArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Scraped runs; each sits between two unscraped ones.
+    #[arg(long, default_value_t = 10)]
+    pairs: usize,
+    /// Seconds per run.
+    #[arg(long, default_value_t = 30)]
+    seconds: u64,
+    /// Closed-loop concurrency.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Scrapes per second during a scraped run.
+    #[arg(long, default_value_t = 10)]
+    per_second: u32,
+}
+
+#[derive(clap::Args)]
 struct HeldArgs {
     #[command(flatten)]
     common: Common,
@@ -108,6 +128,7 @@ fn main() -> anyhow::Result<()> {
         match cmd {
             Cmd::Run(a) => run(a).await,
             Cmd::Held(a) => held(a).await,
+            Cmd::Scrape(a) => scrape(a).await,
             Cmd::BaselinePublish(a) => baseline::serve_publish(a).await,
             Cmd::BaselinePipeline(a) => baseline::run_pipeline(a).await,
         }
@@ -124,6 +145,125 @@ fn ratio(ours: f64, base: f64) -> String {
     } else {
         "n/a".into()
     }
+}
+
+/// One run of `scrape`: scraped?, sends/s, p99, API CPU ms per 1000 accepted sends.
+type RunFigures = (bool, f64, Duration, f64);
+
+/// Unscraped and scraped runs alternate (P S P S … P); each scraped run is compared with the mean
+/// of the unscraped runs on either side of it, which cancels a linear drift (the database grows
+/// through the whole run). The same comparison of each inner unscraped run with its unscraped
+/// neighbours is the control: it shows how far two runs of the same thing differ here.
+async fn scrape(a: ScrapeArgs) -> anyhow::Result<()> {
+    let c = &a.common;
+    let dur = Duration::from_secs(a.seconds);
+    println!(
+        "msgcontact-bench scrape: database {:?}, c={}, {} pairs of {} s, /metrics {}×/s while scraped, {} cores",
+        c.db,
+        a.concurrency,
+        a.pairs,
+        a.seconds,
+        a.per_second,
+        std::thread::available_parallelism()?
+    );
+    let mut stack = Stack::new(c.db, &c.amqp_url, &c.pg_url, 20_000, 1_000_000_000).await?;
+    stack.start_api(&[]).await?;
+    let target = Target::ours(&stack);
+    let _ = load::closed_loop(&target, a.concurrency, Duration::from_secs(3)).await;
+
+    let mut runs: Vec<RunFigures> = Vec::new();
+    let mut scrape_n = 0u32;
+    let mut scrape_total = Duration::ZERO;
+    println!(
+        "{:>4} | {:>8} | {:>9} | {:>9} | {:>22}",
+        "run", "scraped", "r/s", "p99 ms", "API CPU ms / 1000 sends"
+    );
+    for i in 0..(2 * a.pairs + 1) {
+        let scraped = i % 2 == 1;
+        stack.purge_work_queue().await?;
+        let cpu0 = crate::stack::cpu_time(stack.api_pid());
+        let scraper = scraped
+            .then(|| stack.scrape_metrics_every(Duration::from_secs(1) / a.per_second.max(1)));
+        let r = load::closed_loop(&target, a.concurrency, dur).await;
+        if let Some(s) = scraper {
+            let (n, avg) = s.stop().await;
+            scrape_n += n;
+            scrape_total += avg * n;
+        }
+        let cpu = match (cpu0, crate::stack::cpu_time(stack.api_pid())) {
+            (Some(a), Some(b)) => (b - a).as_secs_f64() * 1000.0 / (r.ok.max(1) as f64 / 1000.0),
+            _ => f64::NAN,
+        };
+        println!(
+            "{:>4} | {:>8} | {:>9.0} | {:>9} | {:>22.1}",
+            i,
+            if scraped { "yes" } else { "no" },
+            r.ok_rate(),
+            ms(r.p(0.99)),
+            cpu
+        );
+        runs.push((scraped, r.ok_rate(), r.p(0.99), cpu));
+    }
+    stack.stop().await;
+
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let spread = |v: &[f64]| {
+        let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        format!("{lo:.3}…{hi:.3}")
+    };
+    // Ratio of run i to the mean of runs i-d and i+d, for a field.
+    let rel = |i: usize, d: usize, f: &dyn Fn(&RunFigures) -> f64| {
+        f(&runs[i]) / ((f(&runs[i - d]) + f(&runs[i + d])) / 2.0)
+    };
+    let rate = |r: &RunFigures| r.1;
+    let cpu = |r: &RunFigures| r.3;
+    let scraped_idx: Vec<usize> = (1..runs.len()).step_by(2).collect();
+    let control_idx: Vec<usize> = (2..runs.len() - 2).step_by(2).collect();
+    let s_rate: Vec<f64> = scraped_idx.iter().map(|&i| rel(i, 1, &rate)).collect();
+    let s_cpu: Vec<f64> = scraped_idx.iter().map(|&i| rel(i, 1, &cpu)).collect();
+    let c_rate: Vec<f64> = control_idx.iter().map(|&i| rel(i, 2, &rate)).collect();
+    let c_cpu: Vec<f64> = control_idx.iter().map(|&i| rel(i, 2, &cpu)).collect();
+    println!("\n== Scraped vs the unscraped runs either side (ratio; 1.000 = no change) ==");
+    println!(
+        "send rate: median {:.3} (range {}) | control, unscraped vs unscraped: median {:.3} (range {})",
+        median(s_rate.clone()),
+        spread(&s_rate),
+        if c_rate.is_empty() {
+            f64::NAN
+        } else {
+            median(c_rate.clone())
+        },
+        if c_rate.is_empty() {
+            "-".into()
+        } else {
+            spread(&c_rate)
+        },
+    );
+    println!(
+        "API CPU per send: median {:.3} (range {}) | control: median {:.3} (range {})",
+        median(s_cpu.clone()),
+        spread(&s_cpu),
+        if c_cpu.is_empty() {
+            f64::NAN
+        } else {
+            median(c_cpu.clone())
+        },
+        if c_cpu.is_empty() {
+            "-".into()
+        } else {
+            spread(&c_cpu)
+        },
+    );
+    println!(
+        "{} scrapes, {} ms each on average (wall time of the request)",
+        scrape_n,
+        ms(scrape_total / scrape_n.max(1))
+    );
+    Ok(())
 }
 
 async fn run(a: RunArgs) -> anyhow::Result<()> {

@@ -157,6 +157,17 @@ pub fn rss_mib(pid: Option<u32>) -> String {
         .map_or("-".into(), |kb| format!("{:.1} MiB", kb / 1024.0))
 }
 
+/// CPU time (user + system, all threads) a process has used so far, from /proc.
+pub fn cpu_time(pid: Option<u32>) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid?)).ok()?;
+    // Fields after the parenthesised command name (which may hold spaces); utime and stime are
+    // the 14th and 15th fields overall, in clock ticks of 1/100 s on Linux.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
+}
+
 pub struct Stack {
     pub db_url: String,
     pub prefix: String,

@@ -4,7 +4,7 @@ use msgcontact::{
     ApiError,
     code::code_matches,
     domain::{AccountId, ContactId, PhoneNumber, RequestId, mask_phone},
-    entities::{account, contact, daily_counter, send_request, verification},
+    entities::{contact, daily_counter, send_request, verification},
     job::SendJob,
     status::{SendStatus, verification as vstatus},
     time::{format_ms, now_ms, utc_day},
@@ -29,7 +29,9 @@ pub fn live_key(contact_id: &str, phone: &str) -> String {
 }
 
 /// Every synchronous check of the SPEC, in its order, then the reservation of quota and cooldown
-/// with the request row (grouped with concurrent requests' by the writer), then a confirmed publish.
+/// with the request row, then a confirmed publish. The checks that read rows (the contact, its
+/// number, quota, cooldown) are decided by the writer inside the batch that takes the reservation,
+/// so they cost no round trip of their own and see exactly the rows they change.
 pub async fn send_phone(
     state: &AppState,
     account: &AccountId,
@@ -56,23 +58,6 @@ pub async fn send_phone(
         });
     }
 
-    let c = find_contact(&state.db, account, &id).await?;
-    if c.pending_phone.as_deref() != Some(phone_s.as_str())
-        && c.phone.as_deref() != Some(phone_s.as_str())
-    {
-        return Err(ApiError::InvalidParameter("PhoneNumber"));
-    }
-    if c.pending_phone.as_deref() != Some(phone_s.as_str()) {
-        return Err(ApiError::VerificationNotFound);
-    }
-    let limit = account::Entity::find_by_id(account.to_string())
-        .one(&state.db)
-        .await
-        .map_err(db_unavailable)?
-        .and_then(|a| a.daily_limit)
-        .map(|l| Ord::max(l, 0) as u32)
-        .unwrap_or(state.policy.daily_limit);
-
     let now = now_ms();
     let day = utc_day(now);
     let cooldown_ms = state.policy.cooldown().as_millis() as i64;
@@ -86,7 +71,7 @@ pub async fn send_phone(
                 account_id: account.to_string(),
                 contact_id: id.to_string(),
                 phone: phone_s.clone(),
-                limit,
+                default_limit: state.policy.daily_limit,
                 cooldown_ms,
                 now_ms: now,
                 day: day.clone(),
