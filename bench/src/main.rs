@@ -206,14 +206,19 @@ async fn scrape(a: ScrapeArgs) -> anyhow::Result<()> {
     }
     stack.stop().await;
 
-    let median = |mut v: Vec<f64>| {
+    // "median m (range lo…hi)" of a set of ratios, "-" when there are none.
+    let summary = |v: &[f64]| {
+        if v.is_empty() {
+            return "-".to_owned();
+        }
+        let mut v = v.to_vec();
         v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    let spread = |v: &[f64]| {
-        let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
-        let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        format!("{lo:.3}…{hi:.3}")
+        format!(
+            "median {:.3} (range {:.3}…{:.3})",
+            v[v.len() / 2],
+            v[0],
+            v[v.len() - 1]
+        )
     };
     // Ratio of run i to the mean of runs i-d and i+d, for a field.
     let rel = |i: usize, d: usize, f: &dyn Fn(&RunFigures) -> f64| {
@@ -223,40 +228,19 @@ async fn scrape(a: ScrapeArgs) -> anyhow::Result<()> {
     let cpu = |r: &RunFigures| r.3;
     let scraped_idx: Vec<usize> = (1..runs.len()).step_by(2).collect();
     let control_idx: Vec<usize> = (2..runs.len() - 2).step_by(2).collect();
-    let s_rate: Vec<f64> = scraped_idx.iter().map(|&i| rel(i, 1, &rate)).collect();
-    let s_cpu: Vec<f64> = scraped_idx.iter().map(|&i| rel(i, 1, &cpu)).collect();
-    let c_rate: Vec<f64> = control_idx.iter().map(|&i| rel(i, 2, &rate)).collect();
-    let c_cpu: Vec<f64> = control_idx.iter().map(|&i| rel(i, 2, &cpu)).collect();
+    let ratios = |idx: &[usize], d: usize, f: &dyn Fn(&RunFigures) -> f64| -> Vec<f64> {
+        idx.iter().map(|&i| rel(i, d, f)).collect()
+    };
     println!("\n== Scraped vs the unscraped runs either side (ratio; 1.000 = no change) ==");
     println!(
-        "send rate: median {:.3} (range {}) | control, unscraped vs unscraped: median {:.3} (range {})",
-        median(s_rate.clone()),
-        spread(&s_rate),
-        if c_rate.is_empty() {
-            f64::NAN
-        } else {
-            median(c_rate.clone())
-        },
-        if c_rate.is_empty() {
-            "-".into()
-        } else {
-            spread(&c_rate)
-        },
+        "send rate: {} | control, unscraped vs unscraped: {}",
+        summary(&ratios(&scraped_idx, 1, &rate)),
+        summary(&ratios(&control_idx, 2, &rate)),
     );
     println!(
-        "API CPU per send: median {:.3} (range {}) | control: median {:.3} (range {})",
-        median(s_cpu.clone()),
-        spread(&s_cpu),
-        if c_cpu.is_empty() {
-            f64::NAN
-        } else {
-            median(c_cpu.clone())
-        },
-        if c_cpu.is_empty() {
-            "-".into()
-        } else {
-            spread(&c_cpu)
-        },
+        "API CPU per send: {} | control: {}",
+        summary(&ratios(&scraped_idx, 1, &cpu)),
+        summary(&ratios(&control_idx, 2, &cpu)),
     );
     println!(
         "{} scrapes, {} ms each on average (wall time of the request)",
