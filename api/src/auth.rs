@@ -56,11 +56,13 @@ impl KeyStore {
             .remove(id);
     }
 
-    async fn lookup(&self, id: &str) -> Result<access_key::Model, ApiError> {
+    /// The key and whether it came from the cache (a key read from the database is remembered
+    /// once it has verified a signature).
+    async fn lookup(&self, id: &str) -> Result<(access_key::Model, bool), ApiError> {
         if let Some((key, at)) = self.cache.read().unwrap_or_else(|e| e.into_inner()).get(id)
             && at.elapsed() < KEY_TTL
         {
-            return Ok(key.clone());
+            return Ok((key.clone(), true));
         }
         let key = access_key::Entity::find_by_id(id.to_owned())
             .one(&self.db)
@@ -71,7 +73,7 @@ impl KeyStore {
             self.forget(id);
             return Err(ApiError::AccessKeyInactive);
         }
-        Ok(key)
+        Ok((key, false))
     }
 
     /// Remembers a key after it verified a signature.
@@ -106,19 +108,19 @@ pub struct Caller {
 /// Authenticates a request: the key, its status, the timestamp and the signature. Recording the
 /// nonce (replay protection) is left to the caller, so a send can record it in the same grouped
 /// transaction as its reservation.
-pub async fn authenticate(db: &KeyStore, req: &SignedRequest<'_>) -> Result<Caller, ApiError> {
+pub async fn authenticate(keys: &KeyStore, req: &SignedRequest<'_>) -> Result<Caller, ApiError> {
     let authz = req
         .headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     if authz.starts_with(signing::ACS3_ALGORITHM) {
-        acs3(db, req, authz).await
+        acs3(keys, req, authz).await
     } else if authz.is_empty()
         && (req.all_params.get("Signature").is_some()
             || req.all_params.get("AccessKeyId").is_some())
     {
-        v1(db, req).await
+        v1(keys, req).await
     } else if authz.is_empty() {
         Err(ApiError::IncompleteSignature("The request is not signed."))
     } else {
@@ -133,7 +135,7 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .filter(|v| !v.is_empty())
 }
 
-async fn acs3(db: &KeyStore, req: &SignedRequest<'_>, authz: &str) -> Result<Caller, ApiError> {
+async fn acs3(keys: &KeyStore, req: &SignedRequest<'_>, authz: &str) -> Result<Caller, ApiError> {
     let auth = Acs3Authorization::parse(authz).ok_or(ApiError::IncompleteSignature(
         "The Authorization header is malformed.",
     ))?;
@@ -178,7 +180,7 @@ async fn acs3(db: &KeyStore, req: &SignedRequest<'_>, authz: &str) -> Result<Cal
         headers.push((name.to_string(), values.join(",")));
     }
 
-    let key = db.lookup(&auth.access_key_id).await?;
+    let (key, cached) = keys.lookup(&auth.access_key_id).await?;
     check_timestamp(parse_time(date)?)?;
     if !signing::signatures_equal(
         &signing::sha256_hex(req.body),
@@ -198,11 +200,13 @@ async fn acs3(db: &KeyStore, req: &SignedRequest<'_>, authz: &str) -> Result<Cal
     if !signing::signatures_equal(&expected, &auth.signature.to_ascii_lowercase()) {
         return Err(ApiError::SignatureDoesNotMatch);
     }
-    db.remember(&key);
+    if !cached {
+        keys.remember(&key);
+    }
     caller(&key, nonce)
 }
 
-async fn v1(db: &KeyStore, req: &SignedRequest<'_>) -> Result<Caller, ApiError> {
+async fn v1(keys: &KeyStore, req: &SignedRequest<'_>) -> Result<Caller, ApiError> {
     let p = req.all_params;
     let missing = |what| ApiError::IncompleteSignature(what);
     let ak = p
@@ -221,7 +225,7 @@ async fn v1(db: &KeyStore, req: &SignedRequest<'_>) -> Result<Caller, ApiError> 
     if p.get("SignatureVersion").is_none() {
         return Err(missing("SignatureVersion is missing."));
     }
-    let key = db.lookup(ak).await?;
+    let (key, cached) = keys.lookup(ak).await?;
     check_timestamp(parse_time(timestamp)?)?;
     let signed_params: Vec<(&str, &str)> = p
         .pairs()
@@ -236,7 +240,9 @@ async fn v1(db: &KeyStore, req: &SignedRequest<'_>) -> Result<Caller, ApiError> 
     if !signing::signatures_equal(&expected, signature) {
         return Err(ApiError::SignatureDoesNotMatch);
     }
-    db.remember(&key);
+    if !cached {
+        keys.remember(&key);
+    }
     caller(&key, nonce)
 }
 
