@@ -1,6 +1,6 @@
 //! The ops page in a real browser (headless Chromium from the Debian `chromium` package): during a
 //! small burst, the numbers the page renders match its JSON endpoint and the chart has a line; after
-//! the drain a screenshot of the whole burst, up and back down, is saved to `target/ops-page.png`.
+//! the drain a screenshot of the whole burst, up and back down, is saved to `target/tmp/ops-page.png`.
 //! Fails, never skips, when Chromium is missing.
 
 mod common;
@@ -146,7 +146,8 @@ async fn ops_page_renders_the_burst() {
     );
     let dom = run_chromium(&["--dump-dom"], &format!("{base}/ops")).await;
     assert_eq!(text_of(&dom, "id=\"work\">"), "0");
-    let shot = concat!(env!("CARGO_MANIFEST_DIR"), "/target/ops-page.png");
+    // Cargo's scratch directory for integration tests: it exists wherever the target dir is.
+    let shot = concat!(env!("CARGO_TARGET_TMPDIR"), "/ops-page.png");
     run_chromium(&[&format!("--screenshot={shot}")], &format!("{base}/ops")).await;
     assert!(
         std::fs::metadata(shot)
