@@ -12,7 +12,20 @@ use crate::{Error, entities::setting};
 
 /// Connects, creating the SQLite file's directory if needed, and applies pending migrations.
 pub async fn connect(url: &str, pool: u32) -> Result<DatabaseConnection, Error> {
-    let db = open(url, pool).await?;
+    // Processes opening a fresh SQLite file at once race to switch it to WAL, which needs the
+    // file to themselves; the losers see "database is locked" and simply try again.
+    let mut attempt = 0;
+    let db = loop {
+        match open(url, pool).await {
+            Ok(db) => break db,
+            Err(e) if attempt < 5 && sqlite_path(url).is_some() => {
+                attempt += 1;
+                tracing::warn!(error = %e, attempt, "opening the database failed; retrying");
+                tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    };
     migrate(&db).await?;
     Ok(db)
 }
