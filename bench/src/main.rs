@@ -38,6 +38,8 @@ enum Cmd {
     Held(HeldArgs),
     /// The cost of scraping /metrics: many alternating unscraped/scraped closed-loop runs.
     Scrape(ScrapeArgs),
+    /// End-to-end only: alternating drains of ours and baseline (b), then accept→Sent in flow.
+    E2e(E2eArgs),
     /// Baseline (a): an HTTP handler that only publishes one persistent message with confirm.
     #[command(hide = true)]
     BaselinePublish(baseline::PublishArgs),
@@ -79,6 +81,21 @@ struct RunArgs {
     /// Jobs drained in the end-to-end comparison.
     #[arg(long, default_value_t = 5000)]
     e2e_jobs: usize,
+}
+
+#[derive(clap::Args)]
+struct E2eArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Jobs per drain.
+    #[arg(long, default_value_t = 5000)]
+    jobs: usize,
+    /// Drains of each (ours, baseline) in alternation.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Seconds of the accept→Sent flow run.
+    #[arg(long, default_value_t = 10)]
+    flow_seconds: u64,
 }
 
 #[derive(clap::Args)]
@@ -129,6 +146,7 @@ fn main() -> anyhow::Result<()> {
             Cmd::Run(a) => run(a).await,
             Cmd::Held(a) => held(a).await,
             Cmd::Scrape(a) => scrape(a).await,
+            Cmd::E2e(a) => e2e(a).await,
             Cmd::BaselinePublish(a) => baseline::serve_publish(a).await,
             Cmd::BaselinePipeline(a) => baseline::run_pipeline(a).await,
         }
@@ -362,36 +380,9 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
 
     // --- End-to-end: drain a pre-filled queue of N jobs; ours vs baseline (b). ---
     let n = a.e2e_jobs;
-    let mut stack = Stack::new(c.db, &c.amqp_url, &c.pg_url, n, 2_000_000).await?;
-    stack.start_api(&[]).await?;
-    let target = Target::ours(&stack);
-    let filled = load::fill_distinct(&target, n, 32).await;
-    anyhow::ensure!(filled == n, "only {filled} of {n} sends were accepted");
-    provider.reset();
-    let t0 = Instant::now();
-    stack.start_worker(&provider, &[]).await?;
-    provider
-        .wait_for(n, Duration::from_secs(600))
-        .await
-        .context("our worker did not deliver every job")?;
-    let ours_e2e = n as f64 / t0.elapsed().as_secs_f64();
-    stack.wait_terminal(n, Duration::from_secs(60)).await?;
-
-    // accept→Sent latency in flow: half the measured drain rate, worker running.
+    let ours_e2e = ours_drain(c, &provider, n).await?;
     let flow_rate = (ours_e2e / 2.0).max(1.0);
-    let mut flow_stack = Stack::new(c.db, &c.amqp_url, &c.pg_url, 20_000, 2_000_000).await?;
-    flow_stack.start_api(&[]).await?;
-    flow_stack.start_worker(&provider, &[]).await?;
-    let flow_target = Target::ours(&flow_stack);
-    let since = msgcontact::time::now_ms();
-    let flow = load::open_loop(&flow_target, flow_rate, dur).await;
-    flow_stack
-        .wait_terminal(flow.ok as usize, Duration::from_secs(120))
-        .await?;
-    let sent_lat = flow_stack.accept_to_sent_ms(since).await?;
-    flow_stack.stop().await;
-    stack.stop().await;
-
+    let sent_lat = accept_to_sent(c, &provider, flow_rate, dur).await?;
     provider.reset();
     let base_e2e = baseline::pipeline_drain(&c.amqp_url, c.db, &c.pg_url, &provider, n).await?;
     println!("\n== End to end: drain of {n} pre-filled jobs, provider unlimited ==");
@@ -429,6 +420,98 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
             "NOT met"
         },
         ours_e2e / base_e2e
+    );
+    provider.stop().await;
+    Ok(())
+}
+
+/// Our drain rate: `n` sends accepted with the worker stopped, then the worker started on the full
+/// queue; jobs/s until the provider has every SMS.
+async fn ours_drain(c: &Common, provider: &FakeProvider, n: usize) -> anyhow::Result<f64> {
+    let mut stack = Stack::new(c.db, &c.amqp_url, &c.pg_url, n, 2_000_000).await?;
+    stack.start_api(&[]).await?;
+    let target = Target::ours(&stack);
+    let filled = load::fill_distinct(&target, n, 32).await;
+    anyhow::ensure!(filled == n, "only {filled} of {n} sends were accepted");
+    provider.reset();
+    let t0 = Instant::now();
+    stack.start_worker(provider, &[]).await?;
+    provider
+        .wait_for(n, Duration::from_secs(600))
+        .await
+        .context("our worker did not deliver every job")?;
+    let rate = n as f64 / t0.elapsed().as_secs_f64();
+    stack.wait_terminal(n, Duration::from_secs(60)).await?;
+    stack.stop().await;
+    Ok(rate)
+}
+
+/// accept→Sent latency (p50, p99 ms, requests) in flow: sends offered at `rate` for `dur` with the
+/// worker running beside the API.
+async fn accept_to_sent(
+    c: &Common,
+    provider: &FakeProvider,
+    rate: f64,
+    dur: Duration,
+) -> anyhow::Result<(i64, i64, usize)> {
+    let mut stack = Stack::new(c.db, &c.amqp_url, &c.pg_url, 20_000, 2_000_000).await?;
+    stack.start_api(&[]).await?;
+    stack.start_worker(provider, &[]).await?;
+    let target = Target::ours(&stack);
+    let since = msgcontact::time::now_ms();
+    let flow = load::open_loop(&target, rate, dur).await;
+    stack
+        .wait_terminal(flow.ok as usize, Duration::from_secs(120))
+        .await?;
+    let lat = stack.accept_to_sent_ms(since).await?;
+    stack.stop().await;
+    Ok(lat)
+}
+
+/// End-to-end only: ours and baseline (b) drains alternate, then accept→Sent in flow.
+async fn e2e(a: E2eArgs) -> anyhow::Result<()> {
+    let c = &a.common;
+    println!(
+        "msgcontact-bench e2e: database {:?}, {} jobs per drain, {} rounds, {} cores",
+        c.db,
+        a.jobs,
+        a.rounds,
+        std::thread::available_parallelism()?
+    );
+    let provider = FakeProvider::start(None).await?;
+    let mut ratios = Vec::new();
+    let mut ours_all = Vec::new();
+    println!(
+        "{:>5} | {:>10} | {:>11} | {:>6}",
+        "round", "ours j/s", "base(b) j/s", "ratio"
+    );
+    for round in 1..=a.rounds {
+        let ours = ours_drain(c, &provider, a.jobs).await?;
+        provider.reset();
+        let base =
+            baseline::pipeline_drain(&c.amqp_url, c.db, &c.pg_url, &provider, a.jobs).await?;
+        println!(
+            "{round:>5} | {ours:>10.0} | {base:>11.0} | {}",
+            ratio(ours, base)
+        );
+        ratios.push(ours / base);
+        ours_all.push(ours);
+    }
+    ratios.sort_by(f64::total_cmp);
+    ours_all.sort_by(f64::total_cmp);
+    let median = |v: &[f64]| v[v.len() / 2];
+    println!(
+        "median ratio {:.2} (range {:.2}…{:.2}), ours median {:.0} jobs/s",
+        median(&ratios),
+        ratios[0],
+        ratios[ratios.len() - 1],
+        median(&ours_all)
+    );
+    let rate = (median(&ours_all) / 2.0).max(1.0);
+    let (p50, p99, n) =
+        accept_to_sent(c, &provider, rate, Duration::from_secs(a.flow_seconds)).await?;
+    println!(
+        "accept→Sent at {rate:.0} sends/s (worker running): p50 {p50} ms, p99 {p99} ms over {n} requests"
     );
     provider.stop().await;
     Ok(())

@@ -1,12 +1,15 @@
 //! msgcontact worker: consumes send jobs and delivers verification SMS.
 //!
-//! Per delivery: decode → dedupe by RequestId → supersede check → claim (Sending) → rate limit →
-//! find or create the live verification → provider → record the outcome → ack. The ack comes only
-//! after the outcome is committed, so a crash anywhere means a redelivery, never a lost request.
+//! Per delivery: decode → one read of the request with its supersede test, contact and codes →
+//! dedupe by RequestId and status → rate limit → one transaction claiming it (Sending) together
+//! with its live verification (found or created) → provider → record the outcome → ack. The ack
+//! comes only after the outcome is committed, so a crash anywhere means a redelivery, never a lost
+//! request.
 
 pub mod admin;
 pub mod limits;
 pub mod provider;
+mod sent;
 
 use std::{net::SocketAddr, num::NonZeroU32, path::PathBuf, sync::Arc, time::Duration};
 
@@ -25,14 +28,15 @@ use msgcontact::{
     code::derive_code,
     config::{InfraConfig, PolicyConfig},
     domain::mask_phone,
-    entities::{contact, send_request, verification},
+    entities::{send_request, verification},
     job::{self, SendJob, Topology},
     status::{SendStatus, verification as vstatus},
     time::now_ms,
 };
 use sea_orm::{
     ActiveValue::Set,
-    ColumnTrait, Condition, DatabaseConnection, DbErr, EntityTrait, QueryFilter, SqlErr,
+    ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend,
+    DbErr, EntityTrait, FromQueryResult, QueryFilter, SqlErr, Statement, TransactionTrait,
     sea_query::{Expr, ExprTrait},
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -148,6 +152,7 @@ struct Shared {
     code_secret: Vec<u8>,
     provider: Provider,
     limits: limits::Limits,
+    sent: sent::SentWriter,
     topology: Topology,
     /// The current session's confirm-mode channel for dead letters and retries (none while
     /// reconnecting).
@@ -350,6 +355,7 @@ impl Application {
         let session =
             Session::open(&config.infra.amqp_url, &topology, config.worker.prefetch).await?;
         let listener = tokio::net::TcpListener::bind(&config.worker.worker_listen).await?;
+        let sent = sent::SentWriter::spawn(db.clone());
         Ok(Self {
             shared: Arc::new(Shared {
                 db,
@@ -357,6 +363,7 @@ impl Application {
                 code_secret,
                 provider,
                 limits,
+                sent,
                 topology,
                 publish_channel: std::sync::RwLock::new(None),
                 in_flight: InFlight::default(),
@@ -795,7 +802,7 @@ struct JobCtx {
     claimed: std::sync::atomic::AtomicBool,
 }
 
-const LIVE_STATES: [&str; 3] = ["Queued", "Sending", "Retrying"];
+pub(crate) const LIVE_STATES: [&str; 3] = ["Queued", "Sending", "Retrying"];
 
 /// Writes a request's outcome, only if it is still live (an outcome is recorded once).
 struct Outcome<'a> {
@@ -804,14 +811,10 @@ struct Outcome<'a> {
     provider_message_id: Option<&'a str>,
 }
 
-async fn set_outcome(
-    db: &DatabaseConnection,
-    request_id: &str,
-    o: Outcome<'_>,
-) -> Result<u64, DbErr> {
+async fn set_outcome(shared: &Shared, request_id: &str, o: Outcome<'_>) -> Result<u64, DbErr> {
     let status = o.status;
     let code = o.failure.map(|f| f.0.to_owned());
-    let n = write_outcome(db, request_id, o).await?;
+    let n = write_outcome(&shared.db, request_id, o).await?;
     if n > 0 {
         metrics::counter!(msgcontact::metrics::JOBS, "outcome" => status.as_str()).increment(1);
         if let (SendStatus::Failed, Some(code)) = (status, code) {
@@ -853,46 +856,173 @@ fn failed<'a>(code: &'a str, message: &'a str) -> Outcome<'a> {
     }
 }
 
-/// Claims the request for this delivery. Returns the claimed row, or the disposition when this
-/// delivery must not send (finished, duplicate, or out of ambiguity budget).
-async fn claim(
-    db: &DatabaseConnection,
-    req: &send_request::Model,
-    ctx: &JobCtx,
-) -> Result<Result<send_request::Model, Disposition>, DbErr> {
-    let status = SendStatus::parse(&req.status);
-    let now = now_ms();
-    let base = || {
-        send_request::Entity::update_many()
-            .col_expr(
-                send_request::Column::Status,
-                Expr::value(SendStatus::Sending.as_str()),
-            )
-            .col_expr(
-                send_request::Column::Attempts,
-                Expr::col(send_request::Column::Attempts).add(1),
-            )
-            .col_expr(send_request::Column::UpdatedMs, Expr::value(now))
-            .filter(send_request::Column::RequestId.eq(req.request_id.as_str()))
+/// A verification as a job sees it: enough to derive its code and to know whether it is live.
+#[derive(Debug, Clone)]
+struct CodeRef {
+    id: String,
+    status: String,
+    expires_ms: i64,
+}
+
+impl CodeRef {
+    fn is_live(&self, now: i64) -> bool {
+        self.status == vstatus::PENDING && self.expires_ms > now
+    }
+}
+
+/// What a job knows about its request before claiming it, read in one statement: the row, whether
+/// a newer request for the same contact and number supersedes it, the contact's pending number, the
+/// verification the request already carries (a retry's) and the target's live verification.
+struct Snapshot {
+    req: send_request::Model,
+    superseded: bool,
+    /// `None` when the contact was deleted, else its pending number.
+    contact: Option<Option<String>>,
+    own: Option<CodeRef>,
+    live: Option<CodeRef>,
+}
+
+impl Snapshot {
+    /// The contact still waits for a code on this request's number.
+    fn target_ok(&self) -> bool {
+        matches!(&self.contact, Some(Some(p)) if *p == self.req.phone)
+    }
+}
+
+async fn load(db: &DatabaseConnection, request_id: &str) -> Result<Option<Snapshot>, DbErr> {
+    let backend = db.get_database_backend();
+    let param = match backend {
+        DbBackend::Postgres => "$1",
+        _ => "?",
     };
-    let claimed = match status {
+    // Every join is on a primary key or a unique index, the supersede test a range of the
+    // (contact, phone, accepted) index: one indexed lookup each.
+    let sql = format!(
+        "SELECT r.*, \
+           CASE WHEN c.contact_id IS NULL THEN 0 ELSE 1 END AS c_exists, \
+           c.pending_phone AS c_pending, \
+           CASE WHEN EXISTS (SELECT 1 FROM send_requests n \
+               WHERE n.contact_id = r.contact_id AND n.phone = r.phone \
+                 AND n.accepted_ms > r.accepted_ms \
+                 AND n.status IN ('Queued', 'Sending', 'Retrying', 'Sent')) \
+             THEN 1 ELSE 0 END AS superseded, \
+           o.verification_id AS o_id, o.status AS o_status, o.expires_ms AS o_expires, \
+           l.verification_id AS l_id, l.status AS l_status, l.expires_ms AS l_expires \
+         FROM send_requests r \
+         LEFT JOIN contacts c ON c.contact_id = r.contact_id \
+         LEFT JOIN verifications o ON o.verification_id = r.verification_id \
+         LEFT JOIN verifications l ON l.live_key = r.contact_id || '/' || r.phone \
+         WHERE r.request_id = {param}"
+    );
+    let stmt = Statement::from_sql_and_values(backend, sql, [request_id.into()]);
+    let Some(row) = db.query_one_raw(stmt).await? else {
+        return Ok(None);
+    };
+    let code = |p: &str| -> Result<Option<CodeRef>, DbErr> {
+        let id: Option<String> = row.try_get("", &format!("{p}_id"))?;
+        let Some(id) = id else { return Ok(None) };
+        Ok(Some(CodeRef {
+            id,
+            status: row.try_get("", &format!("{p}_status"))?,
+            expires_ms: row.try_get("", &format!("{p}_expires"))?,
+        }))
+    };
+    let exists: i32 = row.try_get("", "c_exists")?;
+    let superseded: i32 = row.try_get("", "superseded")?;
+    Ok(Some(Snapshot {
+        req: send_request::Model::from_query_result(&row, "")?,
+        superseded: superseded != 0,
+        contact: (exists != 0)
+            .then(|| row.try_get::<Option<String>>("", "c_pending"))
+            .transpose()?,
+        own: code("o")?,
+        live: code("l")?,
+    }))
+}
+
+/// Which code a claimed request is to deliver.
+enum CodePlan {
+    /// Nothing to deliver: the target changed, or the retry's own code is no longer live.
+    Nothing,
+    /// The request's own code (a retry) or the target's live one.
+    Use(CodeRef),
+    /// A fresh code, retiring the target's expired or locked one first.
+    Fresh { retire: Option<CodeRef> },
+}
+
+impl CodePlan {
+    fn for_snapshot(s: &Snapshot, now: i64) -> Self {
+        if !s.target_ok() {
+            return Self::Nothing;
+        }
+        // A retry sends the code of its first attempt, never a new one.
+        if s.req.verification_id.is_some() {
+            return match &s.own {
+                Some(c) if c.is_live(now) => Self::Use(c.clone()),
+                _ => Self::Nothing,
+            };
+        }
+        match &s.live {
+            Some(c) if c.is_live(now) => Self::Use(c.clone()),
+            other => Self::Fresh {
+                retire: other.clone(),
+            },
+        }
+    }
+}
+
+/// What the claim's transaction settled.
+enum Claim {
+    /// This delivery holds the request (Sending), with the code it delivers, if any.
+    Held {
+        req: Box<send_request::Model>,
+        code: Option<CodeRef>,
+    },
+    /// This delivery must not send.
+    Done(Disposition),
+    /// Another worker created the target's live verification at the same moment: read again.
+    Raced,
+}
+
+/// Claims the request for this delivery and settles its code in one transaction: a fresh
+/// verification exists only if the claim that uses it committed.
+async fn claim(
+    shared: &Shared,
+    snap: &Snapshot,
+    ctx: &JobCtx,
+    plan: CodePlan,
+) -> Result<Claim, DbErr> {
+    let req = &snap.req;
+    let now = now_ms();
+    let update = send_request::Entity::update_many()
+        .col_expr(send_request::Column::UpdatedMs, Expr::value(now))
+        .filter(send_request::Column::RequestId.eq(req.request_id.as_str()));
+    let claiming = update
+        .clone()
+        .col_expr(
+            send_request::Column::Status,
+            Expr::value(SendStatus::Sending.as_str()),
+        )
+        .col_expr(
+            send_request::Column::Attempts,
+            Expr::col(send_request::Column::Attempts).add(1),
+        );
+    let update = match SendStatus::parse(&req.status) {
         // The normal case: each published attempt claims once; copies of it find attempts moved on.
-        Some(SendStatus::Queued | SendStatus::Retrying) => base()
+        Some(SendStatus::Queued | SendStatus::Retrying) => claiming
             .filter(send_request::Column::Status.is_in(["Queued", "Retrying"]))
-            .filter(send_request::Column::Attempts.lt(ctx.attempt as i32))
-            .exec_with_returning(db)
-            .await?
-            .pop(),
+            .filter(send_request::Column::Attempts.lt(ctx.attempt as i32)),
+        // Our own claim from before a database error interrupted the job: the provider was not
+        // called yet; only the code may still need settling.
+        Some(SendStatus::Sending) if ctx.claimed.load(std::sync::atomic::Ordering::Relaxed) => {
+            update.filter(send_request::Column::Status.eq("Sending"))
+        }
         // The previous holder died mid-attempt: the SMS may or may not have gone out. One more
         // attempt is allowed for such an ambiguous outcome; after that the request fails.
-        // Our own claim from before the interruption: the provider was not called yet.
-        Some(SendStatus::Sending) if ctx.claimed.load(std::sync::atomic::Ordering::Relaxed) => {
-            return Ok(Ok(req.clone()));
-        }
         Some(SendStatus::Sending) if ctx.redelivered => {
             if req.ambiguous_attempts >= 1 {
                 set_outcome(
-                    db,
+                    shared,
                     &req.request_id,
                     failed(
                         "AmbiguousDelivery",
@@ -900,9 +1030,9 @@ async fn claim(
                     ),
                 )
                 .await?;
-                return Ok(Err(Disposition::Ack));
+                return Ok(Claim::Done(Disposition::Ack));
             }
-            base()
+            claiming
                 .col_expr(
                     send_request::Column::AmbiguousAttempts,
                     Expr::col(send_request::Column::AmbiguousAttempts).add(1),
@@ -910,49 +1040,64 @@ async fn claim(
                 .filter(send_request::Column::Status.eq("Sending"))
                 .filter(send_request::Column::Attempts.eq(req.attempts))
                 .filter(send_request::Column::AmbiguousAttempts.eq(0))
-                .exec_with_returning(db)
-                .await?
-                .pop()
         }
-        _ => None,
+        _ => {
+            tracing::info!(status = %req.status, attempts = req.attempts, "not claimable by this delivery (duplicate or finished); acknowledging");
+            return Ok(Claim::Done(Disposition::Ack));
+        }
     };
-    let Some(claimed) = claimed else {
+    let txn = shared.db.begin().await?;
+    let (code, update) = match plan {
+        CodePlan::Nothing => (None, update),
+        CodePlan::Use(c) => (Some(c), update),
+        CodePlan::Fresh { retire } => {
+            let Some(c) = fresh_code(&txn, shared, req, retire).await? else {
+                txn.rollback().await?;
+                return Ok(Claim::Raced);
+            };
+            let update = update.col_expr(
+                send_request::Column::VerificationId,
+                Expr::value(c.id.as_str()),
+            );
+            (Some(c), update)
+        }
+    };
+    let Some(claimed) = update.exec_with_returning(&txn).await?.pop() else {
+        txn.rollback().await?;
         tracing::info!(status = %req.status, attempts = req.attempts, "not claimable by this delivery (duplicate or finished); acknowledging");
-        return Ok(Err(Disposition::Ack));
+        return Ok(Claim::Done(Disposition::Ack));
     };
+    txn.commit().await?;
     ctx.claimed
         .store(true, std::sync::atomic::Ordering::Relaxed);
-    Ok(Ok(claimed))
+    Ok(Claim::Held {
+        req: Box::new(claimed),
+        code,
+    })
 }
 
+/// Rate-limit waits longer than this re-read the request: its rows may have moved meanwhile.
+const STALE_AFTER_WAIT: Duration = Duration::from_millis(50);
+
 async fn process(shared: &Shared, job: &SendJob, ctx: &JobCtx) -> Result<Disposition, DbErr> {
-    let db = &shared.db;
-    let Some(req) = send_request::Entity::find_by_id(job.request_id.clone())
-        .one(db)
-        .await?
-    else {
-        return Ok(Disposition::DeadLetter(format!(
-            "unknown request {}",
-            job.request_id
-        )));
-    };
-    let status = SendStatus::parse(&req.status);
-    if status.is_none_or(SendStatus::is_terminal) {
-        tracing::info!(status = %req.status, "delivery of a finished request; acknowledging");
-        return Ok(Disposition::Ack);
-    }
-    // A newer accepted request for the same contact and number will deliver the same code.
-    if matches!(status, Some(SendStatus::Queued | SendStatus::Retrying)) {
-        let newer = send_request::Entity::find()
-            .filter(send_request::Column::ContactId.eq(req.contact_id.as_str()))
-            .filter(send_request::Column::Phone.eq(req.phone.as_str()))
-            .filter(send_request::Column::AcceptedMs.gt(req.accepted_ms))
-            .filter(send_request::Column::Status.is_in(["Queued", "Sending", "Retrying", "Sent"]))
-            .one(db)
-            .await?;
-        if newer.is_some() {
+    let mut gated = false;
+    for _ in 0..4 {
+        let Some(snap) = load(&shared.db, &job.request_id).await? else {
+            return Ok(Disposition::DeadLetter(format!(
+                "unknown request {}",
+                job.request_id
+            )));
+        };
+        let req = &snap.req;
+        let status = SendStatus::parse(&req.status);
+        if status.is_none_or(SendStatus::is_terminal) {
+            tracing::info!(status = %req.status, "delivery of a finished request; acknowledging");
+            return Ok(Disposition::Ack);
+        }
+        // A newer accepted request for the same contact and number will deliver the same code.
+        if matches!(status, Some(SendStatus::Queued | SendStatus::Retrying)) && snap.superseded {
             set_outcome(
-                db,
+                shared,
                 &req.request_id,
                 Outcome {
                     status: SendStatus::Superseded,
@@ -964,106 +1109,96 @@ async fn process(shared: &Shared, job: &SendJob, ctx: &JobCtx) -> Result<Disposi
             tracing::info!("superseded by a newer request");
             return Ok(Disposition::Ack);
         }
-    }
-    // A verification SMS is only worth sending while the code the user waits for would still be
-    // valid; a request that waited longer than that (an overload backlog) ends without an SMS.
-    if matches!(status, Some(SendStatus::Queued))
-        && req.accepted_ms + shared.policy.code_ttl().as_millis() as i64 <= now_ms()
-    {
-        set_outcome(
-            db,
-            &req.request_id,
-            failed(
-                "CodeExpired",
-                "The request waited in the queue longer than a code lives.",
-            ),
-        )
-        .await?;
-        return Ok(Disposition::Ack);
-    }
-    // Rate limits before the claim: a deferred job keeps its attempt number and state. Only a
-    // redelivered in-flight attempt (ambiguous) must not be republished, so it waits in place.
-    let may_defer = matches!(status, Some(SendStatus::Queued | SendStatus::Retrying));
-    let waited = std::time::Instant::now();
-    let gate = shared.limits.acquire(&req.phone, may_defer).await;
-    metrics::histogram!(msgcontact::metrics::RATE_LIMIT_WAIT)
-        .record(waited.elapsed().as_secs_f64());
-    if let limits::Gate::Defer(wait) = gate {
-        let delays = &shared.topology.retry_delays;
-        let level = (0..delays.len())
-            .find(|l| delays[*l] >= wait)
-            .unwrap_or(delays.len() - 1);
-        metrics::counter!("msgcontact_rate_limit_deferrals_total").increment(1);
-        tracing::debug!(?wait, level, "rate limited: parking the job");
-        return Ok(Disposition::Retry {
-            attempt: ctx.attempt,
-            level,
-            delay: wait.min(delays[level]),
-        });
-    }
-    let req = match claim(db, &req, ctx).await? {
-        Ok(r) => r,
-        Err(d) => return Ok(d),
-    };
-
-    let contact = contact::Entity::find_by_id(req.contact_id.clone())
-        .one(db)
-        .await?;
-    let target_ok = contact
-        .as_ref()
-        .is_some_and(|c| c.pending_phone.as_deref() == Some(req.phone.as_str()));
-    if !target_ok {
-        let (code, msg) = match contact {
-            None => (
-                "ContactDeleted",
-                "The contact was deleted before the SMS was sent.",
-            ),
-            Some(_) => (
-                "TargetChanged",
-                "The number is no longer pending verification.",
-            ),
-        };
-        set_outcome(db, &req.request_id, failed(code, msg)).await?;
-        return Ok(Disposition::Ack);
-    }
-
-    // A retry sends the code of its first attempt, never a new one: if that code is no longer
-    // live, the request has nothing valid left to deliver.
-    let v = match &req.verification_id {
-        Some(vid) => {
-            let v = verification::Entity::find_by_id(vid.clone())
-                .one(db)
-                .await?;
-            match v {
-                Some(v) if v.status == vstatus::PENDING && v.expires_ms > now_ms() => v,
-                _ => {
-                    set_outcome(
-                        db,
-                        &req.request_id,
-                        failed(
-                            "CodeExpired",
-                            "The code expired before it could be delivered.",
-                        ),
-                    )
-                    .await?;
-                    return Ok(Disposition::Ack);
-                }
+        // A verification SMS is only worth sending while the code the user waits for would
+        // still be valid; a request that waited longer than that (an overload backlog) ends
+        // without an SMS.
+        if matches!(status, Some(SendStatus::Queued))
+            && req.accepted_ms + shared.policy.code_ttl().as_millis() as i64 <= now_ms()
+        {
+            set_outcome(
+                shared,
+                &req.request_id,
+                failed(
+                    "CodeExpired",
+                    "The request waited in the queue longer than a code lives.",
+                ),
+            )
+            .await?;
+            return Ok(Disposition::Ack);
+        }
+        // Rate limits before the claim: a deferred job keeps its attempt number and state. Only a
+        // redelivered in-flight attempt (ambiguous) must not be republished, so it waits in place.
+        if !gated {
+            gated = true;
+            let may_defer = matches!(status, Some(SendStatus::Queued | SendStatus::Retrying));
+            let waited = std::time::Instant::now();
+            let gate = shared.limits.acquire(&req.phone, may_defer).await;
+            let waited = waited.elapsed();
+            metrics::histogram!(msgcontact::metrics::RATE_LIMIT_WAIT).record(waited.as_secs_f64());
+            if let limits::Gate::Defer(wait) = gate {
+                let delays = &shared.topology.retry_delays;
+                let level = (0..delays.len())
+                    .find(|l| delays[*l] >= wait)
+                    .unwrap_or(delays.len() - 1);
+                metrics::counter!("msgcontact_rate_limit_deferrals_total").increment(1);
+                tracing::debug!(?wait, level, "rate limited: parking the job");
+                return Ok(Disposition::Retry {
+                    attempt: ctx.attempt,
+                    level,
+                    delay: wait.min(delays[level]),
+                });
+            }
+            if waited > STALE_AFTER_WAIT {
+                continue;
             }
         }
-        None => {
-            let v = live_verification(shared, &req).await?;
-            send_request::Entity::update_many()
-                .col_expr(
-                    send_request::Column::VerificationId,
-                    Expr::value(v.verification_id.as_str()),
-                )
-                .filter(send_request::Column::RequestId.eq(req.request_id.as_str()))
-                .exec(db)
-                .await?;
-            v
+        let plan = CodePlan::for_snapshot(&snap, now_ms());
+        let (req, code) = match claim(shared, &snap, ctx, plan).await? {
+            Claim::Held { req, code } => (req, code),
+            Claim::Done(d) => return Ok(d),
+            Claim::Raced => continue,
+        };
+        if !snap.target_ok() {
+            let (code, msg) = match snap.contact {
+                None => (
+                    "ContactDeleted",
+                    "The contact was deleted before the SMS was sent.",
+                ),
+                Some(_) => (
+                    "TargetChanged",
+                    "The number is no longer pending verification.",
+                ),
+            };
+            set_outcome(shared, &req.request_id, failed(code, msg)).await?;
+            return Ok(Disposition::Ack);
         }
-    };
-    let code = derive_code(&shared.code_secret, &v.verification_id);
+        // A retry whose first code is no longer live has nothing valid left to deliver.
+        let Some(code) = code else {
+            set_outcome(
+                shared,
+                &req.request_id,
+                failed(
+                    "CodeExpired",
+                    "The code expired before it could be delivered.",
+                ),
+            )
+            .await?;
+            return Ok(Disposition::Ack);
+        };
+        return deliver(shared, &req, &code).await;
+    }
+    Err(DbErr::Custom(
+        "could not settle the live verification".into(),
+    ))
+}
+
+/// Calls the provider for a claimed request and records what it answered.
+async fn deliver(
+    shared: &Shared,
+    req: &send_request::Model,
+    v: &CodeRef,
+) -> Result<Disposition, DbErr> {
+    let code = derive_code(&shared.code_secret, &v.id);
     let ttl_min = shared.policy.code_ttl_secs.div_ceil(60);
     let sms = Sms {
         request_id: req.request_id.clone(),
@@ -1088,7 +1223,7 @@ async fn process(shared: &Shared, job: &SendJob, ctx: &JobCtx) -> Result<Disposi
     let started = tokio::time::Instant::now();
     let mut backoff = Duration::from_millis(200);
     loop {
-        match record(shared, &req, &v, outcome.clone(), elapsed).await {
+        match record(shared, req, v.expires_ms, outcome.clone(), elapsed).await {
             Ok(d) => return Ok(d),
             Err(e) => {
                 tracing::warn!(error = %e, ?backoff, "could not record the provider's outcome; will retry");
@@ -1109,24 +1244,17 @@ async fn process(shared: &Shared, job: &SendJob, ctx: &JobCtx) -> Result<Disposi
 async fn record(
     shared: &Shared,
     req: &send_request::Model,
-    v: &verification::Model,
+    code_expires_ms: i64,
     outcome: Result<String, ProviderFailure>,
     elapsed: Duration,
 ) -> Result<Disposition, DbErr> {
-    let db = &shared.db;
     let masked = mask_phone(&req.phone);
     let failure = match outcome {
         Ok(message_id) => {
-            set_outcome(
-                db,
-                &req.request_id,
-                Outcome {
-                    status: SendStatus::Sent,
-                    failure: None,
-                    provider_message_id: Some(&message_id),
-                },
-            )
-            .await?;
+            if shared.sent.record(&req.request_id, &message_id).await? {
+                metrics::counter!(msgcontact::metrics::JOBS, "outcome" => SendStatus::Sent.as_str())
+                    .increment(1);
+            }
             tracing::info!(phone = %masked, ?elapsed, provider = shared.provider.name(), "SMS sent");
             return Ok(Disposition::Ack);
         }
@@ -1144,7 +1272,7 @@ async fn record(
     let reason = format!("{code} ({}): {message}", class.as_str());
     tracing::warn!(phone = %masked, class = class.as_str(), %code, ?elapsed, attempt = req.attempts, "provider failure");
     if class == FailureClass::Permanent {
-        set_outcome(db, &req.request_id, failed(&code, &reason)).await?;
+        set_outcome(shared, &req.request_id, failed(&code, &reason)).await?;
         return Ok(Disposition::Ack);
     }
     if class == FailureClass::Ambiguous {
@@ -1156,10 +1284,15 @@ async fn record(
             )
             .filter(send_request::Column::RequestId.eq(req.request_id.as_str()))
             .filter(send_request::Column::AmbiguousAttempts.eq(0))
-            .exec(db)
+            .exec(&shared.db)
             .await?;
         if counted.rows_affected == 0 {
-            set_outcome(db, &req.request_id, failed("AmbiguousDelivery", &reason)).await?;
+            set_outcome(
+                shared,
+                &req.request_id,
+                failed("AmbiguousDelivery", &reason),
+            )
+            .await?;
             return Ok(Disposition::Ack);
         }
     }
@@ -1168,7 +1301,7 @@ async fn record(
     let delays = &shared.topology.retry_delays;
     let done = Ord::max(req.attempts, 1) as usize;
     if done > delays.len() {
-        set_outcome(db, &req.request_id, failed("RetriesExhausted", &reason)).await?;
+        set_outcome(shared, &req.request_id, failed("RetriesExhausted", &reason)).await?;
         return Ok(Disposition::Ack);
     }
     let wanted = retry_after.unwrap_or_default();
@@ -1180,12 +1313,12 @@ async fn record(
     let delay = base
         .mul_f64(1.0 - rand::random::<f64>() * 0.2)
         .max(wanted.min(base));
-    if now_ms() + delay.as_millis() as i64 >= v.expires_ms {
-        set_outcome(db, &req.request_id, failed("CodeExpired", &reason)).await?;
+    if now_ms() + delay.as_millis() as i64 >= code_expires_ms {
+        set_outcome(shared, &req.request_id, failed("CodeExpired", &reason)).await?;
         return Ok(Disposition::Ack);
     }
     let parked = set_outcome(
-        db,
+        shared,
         &req.request_id,
         Outcome {
             status: SendStatus::Retrying,
@@ -1208,71 +1341,61 @@ fn live_key(contact_id: &str, phone: &str) -> String {
     format!("{contact_id}/{phone}")
 }
 
-/// The live verification of the request's contact and number, created if there is none (or the
-/// previous one expired or was locked). The unique live key makes concurrent creators agree.
-async fn live_verification(
+/// Creates the target's live verification inside the claim's transaction, retiring an expired or
+/// locked one first. `None` when another worker took the live slot at the same moment (the unique
+/// live key makes concurrent creators agree; the caller reads again and uses theirs).
+async fn fresh_code(
+    txn: &DatabaseTransaction,
     shared: &Shared,
     req: &send_request::Model,
-) -> Result<verification::Model, DbErr> {
-    let db = &shared.db;
+    retire: Option<CodeRef>,
+) -> Result<Option<CodeRef>, DbErr> {
     let key = live_key(&req.contact_id, &req.phone);
-    for _ in 0..3 {
-        let existing = verification::Entity::find()
-            .filter(verification::Column::LiveKey.eq(key.as_str()))
-            .one(db)
+    if let Some(v) = retire {
+        verification::Entity::update_many()
+            .col_expr(
+                verification::Column::LiveKey,
+                Expr::value(Option::<String>::None),
+            )
+            .col_expr(
+                verification::Column::Status,
+                Expr::value(if v.status == vstatus::LOCKED {
+                    vstatus::LOCKED
+                } else {
+                    vstatus::CLOSED
+                }),
+            )
+            .filter(
+                Condition::all()
+                    .add(verification::Column::VerificationId.eq(v.id.as_str()))
+                    .add(verification::Column::LiveKey.eq(key.as_str())),
+            )
+            .exec(txn)
             .await?;
-        let now = now_ms();
-        if let Some(v) = &existing {
-            if v.status == vstatus::PENDING && v.expires_ms > now {
-                return Ok(v.clone());
-            }
-            // Expired or locked: retire it so a fresh code can take the live slot.
-            verification::Entity::update_many()
-                .col_expr(
-                    verification::Column::LiveKey,
-                    Expr::value(Option::<String>::None),
-                )
-                .col_expr(
-                    verification::Column::Status,
-                    Expr::value(if v.status == vstatus::LOCKED {
-                        vstatus::LOCKED
-                    } else {
-                        vstatus::CLOSED
-                    }),
-                )
-                .filter(
-                    Condition::all()
-                        .add(verification::Column::VerificationId.eq(v.verification_id.as_str()))
-                        .add(verification::Column::LiveKey.eq(key.as_str())),
-                )
-                .exec(db)
-                .await?;
-        }
-        let fresh = verification::ActiveModel {
-            verification_id: Set(uuid::Uuid::new_v4().to_string()),
-            account_id: Set(req.account_id.clone()),
-            contact_id: Set(req.contact_id.clone()),
-            phone: Set(req.phone.clone()),
-            status: Set(vstatus::PENDING.into()),
-            failed_attempts: Set(0),
-            created_ms: Set(now),
-            expires_ms: Set(now + shared.policy.code_ttl().as_millis() as i64),
-            live_key: Set(Some(key.clone())),
-        };
-        match verification::Entity::insert(fresh.clone())
-            .exec_without_returning(db)
-            .await
-        {
-            Ok(_) => {
-                return verification::Model::try_from(fresh)
-                    .map_err(|e| DbErr::Custom(format!("verification row: {e}")));
-            }
-            // Another worker created it first: use theirs.
-            Err(e) if matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => continue,
-            Err(e) => return Err(e),
-        }
     }
-    Err(DbErr::Custom(
-        "could not settle the live verification".into(),
-    ))
+    let now = now_ms();
+    let fresh = CodeRef {
+        id: uuid::Uuid::new_v4().to_string(),
+        status: vstatus::PENDING.into(),
+        expires_ms: now + shared.policy.code_ttl().as_millis() as i64,
+    };
+    let row = verification::ActiveModel {
+        verification_id: Set(fresh.id.clone()),
+        account_id: Set(req.account_id.clone()),
+        contact_id: Set(req.contact_id.clone()),
+        phone: Set(req.phone.clone()),
+        status: Set(fresh.status.clone()),
+        failed_attempts: Set(0),
+        created_ms: Set(now),
+        expires_ms: Set(fresh.expires_ms),
+        live_key: Set(Some(key)),
+    };
+    match verification::Entity::insert(row)
+        .exec_without_returning(txn)
+        .await
+    {
+        Ok(_) => Ok(Some(fresh)),
+        Err(e) if matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
