@@ -19,7 +19,7 @@ use lapin::{
 use sea_orm::{ConnectionTrait, Database};
 use tokio::process::{Child, Command};
 
-use crate::stack::{Db, FakeProvider, terminate};
+use crate::stack::{FakeProvider, terminate};
 
 #[derive(clap::Args)]
 pub struct PublishArgs {
@@ -41,7 +41,7 @@ pub struct PipelineArgs {
     db_url: String,
     #[arg(long)]
     provider_url: String,
-    /// The same prefetch as the worker's default.
+    /// The same prefetch as our worker's in the run.
     #[arg(long, default_value_t = 16)]
     prefetch: u16,
 }
@@ -225,12 +225,11 @@ pub async fn run_pipeline(a: PipelineArgs) -> anyhow::Result<()> {
 
 /// Fills a quorum queue with `n` jobs, starts baseline (b) and returns its jobs/s over the drain.
 pub async fn pipeline_drain(
-    amqp_url: &str,
-    db: Db,
-    pg_url: &str,
+    c: &crate::Common,
     provider: &FakeProvider,
     n: usize,
 ) -> anyhow::Result<f64> {
+    let (amqp_url, db, pg_url) = (c.amqp_url.as_str(), c.db, c.pg_url.as_str());
     // The same database setup as ours: a fresh SQLite file (WAL) or a fresh PostgreSQL database.
     let stack = crate::stack::Stack::new(db, amqp_url, pg_url, 0, 1_000_000).await?;
     stack
@@ -263,6 +262,7 @@ pub async fn pipeline_drain(
         .arg("baseline-pipeline")
         .args(["--amqp-url", amqp_url, "--queue", &queue])
         .args(["--db-url", &stack.db_url, "--provider-url", &provider.url])
+        .args(["--prefetch", &c.prefetch.to_string()])
         .kill_on_drop(true)
         .spawn()?;
     let done = provider.wait_for(n, Duration::from_secs(600)).await;

@@ -49,7 +49,7 @@ enum Cmd {
 }
 
 #[derive(clap::Args)]
-struct Common {
+pub struct Common {
     /// `sqlite` or `postgres`.
     #[arg(long, default_value = "sqlite")]
     db: Db,
@@ -59,6 +59,10 @@ struct Common {
         default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
     )]
     amqp_url: String,
+    /// Unacknowledged deliveries held by our worker and by baseline (b) alike (the worker's
+    /// `MSGCONTACT_PREFETCH`; 16 is its default).
+    #[arg(long, default_value_t = 16)]
+    prefetch: u16,
     /// PostgreSQL server (a fresh database is created on it).
     #[arg(
         long,
@@ -384,7 +388,7 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
     let flow_rate = (ours_e2e / 2.0).max(1.0);
     let sent_lat = accept_to_sent(c, &provider, flow_rate, dur).await?;
     provider.reset();
-    let base_e2e = baseline::pipeline_drain(&c.amqp_url, c.db, &c.pg_url, &provider, n).await?;
+    let base_e2e = baseline::pipeline_drain(c, &provider, n).await?;
     println!("\n== End to end: drain of {n} pre-filled jobs, provider unlimited ==");
     println!(
         "ours {ours_e2e:.0} jobs/s | base(b) {base_e2e:.0} jobs/s | ratio {}",
@@ -425,6 +429,10 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn prefetch_env(c: &Common) -> [(&'static str, String); 1] {
+    [("MSGCONTACT_PREFETCH", c.prefetch.to_string())]
+}
+
 /// Our drain rate: `n` sends accepted with the worker stopped, then the worker started on the full
 /// queue; jobs/s until the provider has every SMS.
 async fn ours_drain(c: &Common, provider: &FakeProvider, n: usize) -> anyhow::Result<f64> {
@@ -435,7 +443,7 @@ async fn ours_drain(c: &Common, provider: &FakeProvider, n: usize) -> anyhow::Re
     anyhow::ensure!(filled == n, "only {filled} of {n} sends were accepted");
     provider.reset();
     let t0 = Instant::now();
-    stack.start_worker(provider, &[]).await?;
+    stack.start_worker(provider, &prefetch_env(c)).await?;
     provider
         .wait_for(n, Duration::from_secs(600))
         .await
@@ -456,7 +464,7 @@ async fn accept_to_sent(
 ) -> anyhow::Result<(i64, i64, usize)> {
     let mut stack = Stack::new(c.db, &c.amqp_url, &c.pg_url, 20_000, 2_000_000).await?;
     stack.start_api(&[]).await?;
-    stack.start_worker(provider, &[]).await?;
+    stack.start_worker(provider, &prefetch_env(c)).await?;
     let target = Target::ours(&stack);
     let since = msgcontact::time::now_ms();
     let flow = load::open_loop(&target, rate, dur).await;
@@ -472,10 +480,11 @@ async fn accept_to_sent(
 async fn e2e(a: E2eArgs) -> anyhow::Result<()> {
     let c = &a.common;
     println!(
-        "msgcontact-bench e2e: database {:?}, {} jobs per drain, {} rounds, {} cores",
+        "msgcontact-bench e2e: database {:?}, {} jobs per drain, {} rounds, prefetch {}, {} cores",
         c.db,
         a.jobs,
         a.rounds,
+        c.prefetch,
         std::thread::available_parallelism()?
     );
     let provider = FakeProvider::start(None).await?;
@@ -488,8 +497,7 @@ async fn e2e(a: E2eArgs) -> anyhow::Result<()> {
     for round in 1..=a.rounds {
         let ours = ours_drain(c, &provider, a.jobs).await?;
         provider.reset();
-        let base =
-            baseline::pipeline_drain(&c.amqp_url, c.db, &c.pg_url, &provider, a.jobs).await?;
+        let base = baseline::pipeline_drain(c, &provider, a.jobs).await?;
         println!(
             "{round:>5} | {ours:>10.0} | {base:>11.0} | {}",
             ratio(ours, base)

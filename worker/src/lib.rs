@@ -7,9 +7,9 @@
 //! request.
 
 pub mod admin;
+mod batch;
 pub mod limits;
 pub mod provider;
-mod sent;
 
 use std::{net::SocketAddr, num::NonZeroU32, path::PathBuf, sync::Arc, time::Duration};
 
@@ -152,7 +152,8 @@ struct Shared {
     code_secret: Vec<u8>,
     provider: Provider,
     limits: limits::Limits,
-    sent: sent::SentWriter,
+    claims: batch::ClaimWriter,
+    sent: batch::SentWriter,
     topology: Topology,
     /// The current session's confirm-mode channel for dead letters and retries (none while
     /// reconnecting).
@@ -355,7 +356,8 @@ impl Application {
         let session =
             Session::open(&config.infra.amqp_url, &topology, config.worker.prefetch).await?;
         let listener = tokio::net::TcpListener::bind(&config.worker.worker_listen).await?;
-        let sent = sent::SentWriter::spawn(db.clone());
+        let claims = batch::ClaimWriter::spawn(db.clone());
+        let sent = batch::SentWriter::spawn(db.clone());
         Ok(Self {
             shared: Arc::new(Shared {
                 db,
@@ -363,6 +365,7 @@ impl Application {
                 code_secret,
                 provider,
                 limits,
+                claims,
                 sent,
                 topology,
                 publish_channel: std::sync::RwLock::new(None),
@@ -993,6 +996,42 @@ async fn claim(
     plan: CodePlan,
 ) -> Result<Claim, DbErr> {
     let req = &snap.req;
+    // The common case (a queued or retrying request's next attempt, no expired code to retire)
+    // goes through the group commit with its concurrent jobs; the rest, rare, one by one here.
+    let queued = matches!(
+        SendStatus::parse(&req.status),
+        Some(SendStatus::Queued | SendStatus::Retrying)
+    );
+    if queued && !matches!(plan, CodePlan::Fresh { retire: Some(_) }) {
+        let code = match plan {
+            CodePlan::Nothing => batch::PlannedCode::Nothing,
+            CodePlan::Use(c) => batch::PlannedCode::Existing(c),
+            CodePlan::Fresh { .. } => {
+                let (code, row) = fresh_row(shared, req);
+                batch::PlannedCode::Fresh {
+                    code,
+                    row: Box::new(row),
+                }
+            }
+        };
+        let item = batch::ClaimItem {
+            request_id: req.request_id.clone(),
+            attempt: ctx.attempt as i32,
+            code,
+        };
+        return Ok(match shared.claims.claim(item).await? {
+            batch::Claimed::Held { req, code } => {
+                ctx.claimed
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                Claim::Held { req, code }
+            }
+            batch::Claimed::NotClaimable => {
+                tracing::info!(status = %req.status, attempts = req.attempts, "not claimable by this delivery (duplicate or finished); acknowledging");
+                Claim::Done(Disposition::Ack)
+            }
+            batch::Claimed::Raced => Claim::Raced,
+        });
+    }
     let now = now_ms();
     let update = send_request::Entity::update_many()
         .col_expr(send_request::Column::UpdatedMs, Expr::value(now))
@@ -1341,6 +1380,28 @@ fn live_key(contact_id: &str, phone: &str) -> String {
     format!("{contact_id}/{phone}")
 }
 
+/// A new live code for the request's target, and its verification row.
+fn fresh_row(shared: &Shared, req: &send_request::Model) -> (CodeRef, verification::ActiveModel) {
+    let now = now_ms();
+    let code = CodeRef {
+        id: uuid::Uuid::new_v4().to_string(),
+        status: vstatus::PENDING.into(),
+        expires_ms: now + shared.policy.code_ttl().as_millis() as i64,
+    };
+    let row = verification::ActiveModel {
+        verification_id: Set(code.id.clone()),
+        account_id: Set(req.account_id.clone()),
+        contact_id: Set(req.contact_id.clone()),
+        phone: Set(req.phone.clone()),
+        status: Set(code.status.clone()),
+        failed_attempts: Set(0),
+        created_ms: Set(now),
+        expires_ms: Set(code.expires_ms),
+        live_key: Set(Some(live_key(&req.contact_id, &req.phone))),
+    };
+    (code, row)
+}
+
 /// Creates the target's live verification inside the claim's transaction, retiring an expired or
 /// locked one first. `None` when another worker took the live slot at the same moment (the unique
 /// live key makes concurrent creators agree; the caller reads again and uses theirs).
@@ -1373,23 +1434,7 @@ async fn fresh_code(
             .exec(txn)
             .await?;
     }
-    let now = now_ms();
-    let fresh = CodeRef {
-        id: uuid::Uuid::new_v4().to_string(),
-        status: vstatus::PENDING.into(),
-        expires_ms: now + shared.policy.code_ttl().as_millis() as i64,
-    };
-    let row = verification::ActiveModel {
-        verification_id: Set(fresh.id.clone()),
-        account_id: Set(req.account_id.clone()),
-        contact_id: Set(req.contact_id.clone()),
-        phone: Set(req.phone.clone()),
-        status: Set(fresh.status.clone()),
-        failed_attempts: Set(0),
-        created_ms: Set(now),
-        expires_ms: Set(fresh.expires_ms),
-        live_key: Set(Some(key)),
-    };
+    let (fresh, row) = fresh_row(shared, req);
     match verification::Entity::insert(row)
         .exec_without_returning(txn)
         .await

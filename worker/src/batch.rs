@@ -1,0 +1,315 @@
+//! Group commit for the worker: concurrent jobs' claims (with the fresh codes they need) and their
+//! `Sent` outcomes are written by one task each, a batch in a fixed number of statements, instead
+//! of several round trips and a commit per job.
+//!
+//! Each job waits for the batch that carries it (a delivery is acknowledged only after its outcome
+//! is committed, and it calls the provider only after its claim is). Batches form by themselves:
+//! whatever arrived while the previous batch was being written goes into the next (no timer, so a
+//! lone job is written at once).
+
+use std::collections::{HashMap, HashSet};
+
+use msgcontact::{
+    entities::{send_request, verification},
+    status::SendStatus,
+    time::now_ms,
+};
+use sea_orm::{
+    ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, TransactionTrait,
+    TryInsertResult,
+    sea_query::{Expr, ExprTrait},
+};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::CodeRef;
+
+/// Most jobs written by one batch.
+const MAX_BATCH: usize = 256;
+
+fn stopped() -> DbErr {
+    DbErr::Custom("the batch writer stopped".into())
+}
+
+/// A queued or retrying request to claim for its next attempt.
+pub struct ClaimItem {
+    pub request_id: String,
+    /// The attempt the delivery carries: the claim holds only while fewer were made.
+    pub attempt: i32,
+    pub code: PlannedCode,
+}
+
+/// The code a claim settles with it.
+pub enum PlannedCode {
+    Nothing,
+    /// A code that already exists (the retry's own, or the target's live one).
+    Existing(CodeRef),
+    /// A new code, created only if its claim commits; `row` is its verification.
+    Fresh {
+        code: CodeRef,
+        row: Box<verification::ActiveModel>,
+    },
+}
+
+/// What a claim batch settled for one request.
+pub enum Claimed {
+    Held {
+        req: Box<send_request::Model>,
+        code: Option<CodeRef>,
+    },
+    /// Not claimable by this delivery (a duplicate, or the request moved on).
+    NotClaimable,
+    /// Another job took the target's live code slot first: read again.
+    Raced,
+}
+
+type ClaimReply = oneshot::Sender<Result<Claimed, String>>;
+
+/// Handle to the claim writer task.
+#[derive(Clone)]
+pub struct ClaimWriter {
+    tx: mpsc::Sender<(ClaimItem, ClaimReply)>,
+}
+
+impl ClaimWriter {
+    pub fn spawn(db: DatabaseConnection) -> Self {
+        let (tx, mut rx) = mpsc::channel(MAX_BATCH);
+        tokio::spawn(async move {
+            // Runs until every handle is dropped.
+            let mut batch = Vec::with_capacity(MAX_BATCH);
+            while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+                match write_claims(&db, &batch).await {
+                    Ok(mut settled) => {
+                        for (item, reply) in batch.drain(..) {
+                            let r = settled
+                                .remove(&item.request_id)
+                                .unwrap_or(Claimed::NotClaimable);
+                            let _ = reply.send(Ok(r));
+                        }
+                    }
+                    Err(e) => {
+                        // Nothing of the batch committed; every job retries on its own (with backoff).
+                        let e = e.to_string();
+                        for (_, reply) in batch.drain(..) {
+                            let _ = reply.send(Err(e.clone()));
+                        }
+                    }
+                }
+            }
+        });
+        Self { tx }
+    }
+
+    pub async fn claim(&self, item: ClaimItem) -> Result<Claimed, DbErr> {
+        let (reply, answer) = oneshot::channel();
+        self.tx.send((item, reply)).await.map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?.map_err(DbErr::Custom)
+    }
+}
+
+/// One transaction: the batch's fresh codes (one insert; a live slot already taken makes that
+/// request `Raced`), one `UPDATE … RETURNING` claiming every other request with its own attempt
+/// bound and code, and the fresh codes of requests that turned out not claimable deleted again.
+async fn write_claims(
+    db: &DatabaseConnection,
+    batch: &[(ClaimItem, ClaimReply)],
+) -> Result<HashMap<String, Claimed>, DbErr> {
+    let mut settled = HashMap::new();
+    let txn = db.begin().await?;
+    let fresh: Vec<verification::ActiveModel> = batch
+        .iter()
+        .filter_map(|(i, _)| match &i.code {
+            PlannedCode::Fresh { row, .. } => Some((**row).clone()),
+            _ => None,
+        })
+        .collect();
+    let mut created = HashSet::new();
+    if !fresh.is_empty() {
+        let inserted = verification::Entity::insert_many(fresh)
+            .on_conflict_do_nothing_on([verification::Column::LiveKey])
+            .exec_with_returning_many(&txn)
+            .await?;
+        if let TryInsertResult::Inserted(rows) = inserted {
+            created.extend(rows.into_iter().map(|v| v.verification_id));
+        }
+    }
+    let mut claiming = Vec::new();
+    for (item, _) in batch {
+        match &item.code {
+            PlannedCode::Fresh { code, .. } if !created.contains(&code.id) => {
+                settled.insert(item.request_id.clone(), Claimed::Raced);
+            }
+            _ => claiming.push(item),
+        }
+    }
+    if let Some(first) = claiming.first() {
+        let is = |id: &str| Expr::col(send_request::Column::RequestId).eq(id);
+        let mut bound = Expr::case(is(&first.request_id), first.attempt);
+        for i in &claiming[1..] {
+            bound = bound.case(is(&i.request_id), i.attempt);
+        }
+        let mut update = send_request::Entity::update_many()
+            .col_expr(
+                send_request::Column::Status,
+                Expr::value(SendStatus::Sending.as_str()),
+            )
+            .col_expr(
+                send_request::Column::Attempts,
+                Expr::col(send_request::Column::Attempts).add(1),
+            )
+            .col_expr(send_request::Column::UpdatedMs, Expr::value(now_ms()));
+        let fresh_ids: Vec<(&str, &str)> = claiming
+            .iter()
+            .filter_map(|i| match &i.code {
+                PlannedCode::Fresh { code, .. } => Some((i.request_id.as_str(), code.id.as_str())),
+                _ => None,
+            })
+            .collect();
+        if let Some((rid, vid)) = fresh_ids.first() {
+            let mut code = Expr::case(is(rid), *vid);
+            for (rid, vid) in &fresh_ids[1..] {
+                code = code.case(is(rid), *vid);
+            }
+            update = update.col_expr(
+                send_request::Column::VerificationId,
+                code.finally(Expr::col(send_request::Column::VerificationId))
+                    .into(),
+            );
+        }
+        let rows = update
+            .filter(
+                send_request::Column::RequestId
+                    .is_in(claiming.iter().map(|i| i.request_id.as_str())),
+            )
+            .filter(send_request::Column::Status.is_in(["Queued", "Retrying"]))
+            .filter(Expr::col(send_request::Column::Attempts).lt(bound.finally(i32::MIN)))
+            .exec_with_returning(&txn)
+            .await?;
+        let mut held: HashMap<String, send_request::Model> = rows
+            .into_iter()
+            .map(|r| (r.request_id.clone(), r))
+            .collect();
+        let mut orphans = Vec::new();
+        for item in claiming {
+            let code = match &item.code {
+                PlannedCode::Nothing => None,
+                PlannedCode::Existing(c) | PlannedCode::Fresh { code: c, .. } => Some(c.clone()),
+            };
+            match held.remove(&item.request_id) {
+                Some(req) => {
+                    settled.insert(
+                        item.request_id.clone(),
+                        Claimed::Held {
+                            req: Box::new(req),
+                            code,
+                        },
+                    );
+                }
+                None => {
+                    if let PlannedCode::Fresh { code, .. } = &item.code {
+                        orphans.push(code.id.clone());
+                    }
+                    settled.insert(item.request_id.clone(), Claimed::NotClaimable);
+                }
+            }
+        }
+        if !orphans.is_empty() {
+            verification::Entity::delete_many()
+                .filter(verification::Column::VerificationId.is_in(orphans))
+                .exec(&txn)
+                .await?;
+        }
+    }
+    txn.commit().await?;
+    Ok(settled)
+}
+
+struct Item {
+    request_id: String,
+    message_id: String,
+    /// Whether this request's row took the outcome (it was still live).
+    reply: oneshot::Sender<Result<bool, String>>,
+}
+
+/// Handle to the writer task; the task ends when the last handle is dropped.
+#[derive(Clone)]
+pub struct SentWriter {
+    tx: mpsc::Sender<Item>,
+}
+
+impl SentWriter {
+    pub fn spawn(db: DatabaseConnection) -> Self {
+        // Bounded by the jobs in flight (the prefetch), which each wait for their reply.
+        let (tx, rx) = mpsc::channel(MAX_BATCH);
+        tokio::spawn(run(db, rx));
+        Self { tx }
+    }
+
+    /// Records the request `Sent` with the provider's message id, if it is still live. Returns
+    /// whether it was.
+    pub async fn record(&self, request_id: &str, message_id: &str) -> Result<bool, DbErr> {
+        let (reply, answer) = oneshot::channel();
+        let item = Item {
+            request_id: request_id.to_owned(),
+            message_id: message_id.to_owned(),
+            reply,
+        };
+        self.tx.send(item).await.map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?.map_err(DbErr::Custom)
+    }
+}
+
+async fn run(db: DatabaseConnection, mut rx: mpsc::Receiver<Item>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        metrics::histogram!(msgcontact::metrics::SENT_BATCH_SIZE).record(batch.len() as f64);
+        match write(&db, &batch).await {
+            Ok(updated) => {
+                for item in batch.drain(..) {
+                    let took = updated.contains(&item.request_id);
+                    let _ = item.reply.send(Ok(took));
+                }
+            }
+            Err(e) => {
+                // Every job of the batch retries its own recording (with backoff).
+                let e = e.to_string();
+                for item in batch.drain(..) {
+                    let _ = item.reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// One `UPDATE … SET provider_message_id = CASE request_id …` for the batch, limited to rows still
+/// live (an outcome is recorded once). Returns the request ids it changed.
+async fn write(db: &DatabaseConnection, batch: &[Item]) -> Result<HashSet<String>, DbErr> {
+    let now = now_ms();
+    let mut message = Expr::case(
+        Expr::col(send_request::Column::RequestId).eq(batch[0].request_id.as_str()),
+        batch[0].message_id.as_str(),
+    );
+    for item in &batch[1..] {
+        message = message.case(
+            Expr::col(send_request::Column::RequestId).eq(item.request_id.as_str()),
+            item.message_id.as_str(),
+        );
+    }
+    let rows = send_request::Entity::update_many()
+        .col_expr(
+            send_request::Column::Status,
+            Expr::value(SendStatus::Sent.as_str()),
+        )
+        .col_expr(
+            send_request::Column::ProviderMessageId,
+            message
+                .finally(Expr::col(send_request::Column::ProviderMessageId))
+                .into(),
+        )
+        .col_expr(send_request::Column::SentMs, Expr::value(now))
+        .col_expr(send_request::Column::UpdatedMs, Expr::value(now))
+        .filter(send_request::Column::RequestId.is_in(batch.iter().map(|i| i.request_id.as_str())))
+        .filter(send_request::Column::Status.is_in(crate::LIVE_STATES))
+        .exec_with_returning(db)
+        .await?;
+    Ok(rows.into_iter().map(|r| r.request_id).collect())
+}
