@@ -16,7 +16,7 @@ use msgcontact::{
 };
 use sea_orm::{
     ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, TransactionTrait,
-    TryInsertResult,
+    TryInsertResult, UpdateMany,
     sea_query::{Expr, ExprTrait},
 };
 use tokio::sync::{mpsc, oneshot};
@@ -25,6 +25,19 @@ use crate::CodeRef;
 
 /// Most jobs written by one batch.
 const MAX_BATCH: usize = 256;
+
+/// What a claim changes on a request row: it is being sent, on one more attempt.
+pub fn claiming(update: UpdateMany<send_request::Entity>) -> UpdateMany<send_request::Entity> {
+    update
+        .col_expr(
+            send_request::Column::Status,
+            Expr::value(SendStatus::Sending.as_str()),
+        )
+        .col_expr(
+            send_request::Column::Attempts,
+            Expr::col(send_request::Column::Attempts).add(1),
+        )
+}
 
 fn stopped() -> DbErr {
     DbErr::Custom("the batch writer stopped".into())
@@ -147,15 +160,7 @@ async fn write_claims(
         for i in &claiming[1..] {
             bound = bound.case(is(&i.request_id), i.attempt);
         }
-        let mut update = send_request::Entity::update_many()
-            .col_expr(
-                send_request::Column::Status,
-                Expr::value(SendStatus::Sending.as_str()),
-            )
-            .col_expr(
-                send_request::Column::Attempts,
-                Expr::col(send_request::Column::Attempts).add(1),
-            )
+        let mut update = self::claiming(send_request::Entity::update_many())
             .col_expr(send_request::Column::UpdatedMs, Expr::value(now_ms()));
         let fresh_ids: Vec<(&str, &str)> = claiming
             .iter()

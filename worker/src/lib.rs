@@ -1036,16 +1036,7 @@ async fn claim(
     let update = send_request::Entity::update_many()
         .col_expr(send_request::Column::UpdatedMs, Expr::value(now))
         .filter(send_request::Column::RequestId.eq(req.request_id.as_str()));
-    let claiming = update
-        .clone()
-        .col_expr(
-            send_request::Column::Status,
-            Expr::value(SendStatus::Sending.as_str()),
-        )
-        .col_expr(
-            send_request::Column::Attempts,
-            Expr::col(send_request::Column::Attempts).add(1),
-        );
+    let claiming = batch::claiming(update.clone());
     let update = match SendStatus::parse(&req.status) {
         // The normal case: each published attempt claims once; copies of it find attempts moved on.
         Some(SendStatus::Queued | SendStatus::Retrying) => claiming
