@@ -128,7 +128,8 @@ impl Application {
             msgcontact::db::connect(&config.infra.database_url, config.infra.database_pool).await?;
         let code_secret =
             msgcontact::db::code_secret(&db, config.infra.code_secret.as_deref()).await?;
-        let writer_db = msgcontact::db::connect_single(&config.infra.database_url).await?;
+        let writer =
+            writer::Writer::start(&config.infra.database_url, config.api.write_batch_max).await?;
         let topology = config.infra.topology();
         let publisher = Publisher::connect(
             &config.infra.amqp_url,
@@ -144,7 +145,7 @@ impl Application {
             broker_recovery_timeout: config.infra.broker_recovery_timeout(),
             topology,
             state: Arc::new(AppState {
-                writer: writer::Writer::start(writer_db, config.api.write_batch_max),
+                writer,
                 keys: auth::KeyStore::new(db.clone()),
                 db,
                 policy: config.policy,

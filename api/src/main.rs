@@ -5,6 +5,11 @@ use clap::{Parser, Subcommand};
 use msgcontact_api::{Application, Config, cli};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
+/// mimalloc: the request path allocates small, short-lived buffers at a high rate, where glibc
+/// malloc showed up as a tenth of the request threads' CPU.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "msgcontact-api",
@@ -38,7 +43,7 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Cli::parse();
-    msgcontact::telemetry::init(&args.config.infra.log_format);
+    let _log = msgcontact::telemetry::init(&args.config.infra.log_format);
     let infra = &args.config.infra;
     match args.command {
         Some(cmd) => {

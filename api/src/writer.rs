@@ -82,12 +82,51 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Starts the writer task. It ends when every handle is dropped.
-    pub fn start(db: DatabaseConnection, max_batch: usize) -> Self {
+    /// Connects the writer's own database connection and starts the writer on a thread of its
+    /// own. It ends when every handle is dropped.
+    ///
+    /// Its own thread and runtime because a batch is a chain of short statements, each of which
+    /// wakes the writer again: on the request runtime every one of those wake-ups waited behind
+    /// the HTTP tasks for a turn, and the batch (which holds the write lock, and on PostgreSQL the
+    /// counter rows) took several times its own work to finish.
+    pub async fn start(database_url: &str, max_batch: usize) -> Result<Self, msgcontact::Error> {
+        let max_batch = max_batch.max(1);
         // The queue bounds waiting requests; beyond it callers wait for room (HTTP backpressure).
-        let (tx, rx) = mpsc::channel(max_batch.max(1) * 8);
-        tokio::spawn(run(db, rx, max_batch.max(1)));
-        Self { tx }
+        let (tx, rx) = mpsc::channel(max_batch * 8);
+        let (ready, connected) = oneshot::channel();
+        let url = database_url.to_owned();
+        std::thread::Builder::new()
+            .name("msgcontact-writer".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready.send(Err(msgcontact::Error::Config(format!(
+                            "writer runtime: {e}"
+                        ))));
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    match msgcontact::db::connect_single(&url).await {
+                        Ok(db) => {
+                            let _ = ready.send(Ok(()));
+                            run(db, rx, max_batch).await;
+                        }
+                        Err(e) => {
+                            let _ = ready.send(Err(e));
+                        }
+                    }
+                });
+            })
+            .map_err(|e| msgcontact::Error::Config(format!("writer thread: {e}")))?;
+        connected
+            .await
+            .map_err(|_| msgcontact::Error::Config("writer thread ended at start".into()))??;
+        Ok(Self { tx })
     }
 
     /// Records a nonce in a coming batch without waiting for it (a request answered at once

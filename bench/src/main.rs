@@ -12,6 +12,10 @@
 //! Build everything first (`cargo build --release --workspace`): the binaries under test are taken
 //! from the directory of this executable.
 
+/// The same allocator as the binaries under test, so the baselines it serves are not handicapped.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod baseline;
 mod load;
 mod stack;

@@ -291,7 +291,9 @@ impl TestApp {
     pub async fn spawn_with(backend: Backend, options: Options) -> Self {
         // Quiet unless asked for with RUST_LOG.
         if std::env::var_os("RUST_LOG").is_some() {
-            msgcontact::telemetry::init("pretty");
+            static LOG: std::sync::OnceLock<msgcontact::telemetry::LogGuard> =
+                std::sync::OnceLock::new();
+            LOG.get_or_init(|| msgcontact::telemetry::init("pretty"));
         }
         let prefix = unique("test-");
         let (db_url, pg_database, dir) = match backend {

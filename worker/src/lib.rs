@@ -1375,7 +1375,8 @@ fn live_key(contact_id: &str, phone: &str) -> String {
 fn fresh_row(shared: &Shared, req: &send_request::Model) -> (CodeRef, verification::ActiveModel) {
     let now = now_ms();
     let code = CodeRef {
-        id: uuid::Uuid::new_v4().to_string(),
+        // Time-ordered like request ids: new code rows append to the primary-key index.
+        id: uuid::Uuid::now_v7().to_string(),
         status: vstatus::PENDING.into(),
         expires_ms: now + shared.policy.code_ttl().as_millis() as i64,
     };
