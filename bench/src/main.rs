@@ -89,6 +89,9 @@ struct RunArgs {
     /// Jobs drained in the end-to-end comparison.
     #[arg(long, default_value_t = 5000)]
     e2e_jobs: usize,
+    /// Only the accept path: the concurrency table and the latency at half our max rate.
+    #[arg(long)]
+    accept_only: bool,
 }
 
 #[derive(clap::Args)]
@@ -343,6 +346,13 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         base.percentiles(),
         ratio(ours.p(0.99).as_secs_f64(), base.p(0.99).as_secs_f64())
     );
+
+    if a.accept_only {
+        base_a.stop().await;
+        stack.stop().await;
+        provider.stop().await;
+        return Ok(());
+    }
 
     // --- Scrape cost: the same c=32 level with and without /metrics scraped 10 times a second,
     // interleaved three times so drift (database growth, checkpoints) hits both sides alike. ---
