@@ -144,17 +144,16 @@ pub struct PhoneNumber {
 /// Numbers whose validation result is remembered, at most (then the memory starts over).
 const VALIDATED_MAX: usize = 65_536;
 
-/// Whether `+{cc}{national}` is a valid mobile number of country `country_code`, by libphonenumber's
+/// Whether `number` (`{cc}-{national}`) is a valid mobile number of country `country_code`, by libphonenumber's
 /// metadata. Remembered per number: the metadata's regular expressions were 6 % of the API's CPU
 /// under a send burst, and a batch sends to the same numbers again and again.
-fn valid_mobile(cc: &str, national: &str, country_code: u16) -> bool {
+fn valid_mobile(number: &str, cc: &str, national: &str, country_code: u16) -> bool {
     static VALIDATED: std::sync::LazyLock<Mutex<HashMap<String, bool>>> =
         std::sync::LazyLock::new(Default::default);
-    let key = format!("{cc}-{national}");
     if let Some(&known) = VALIDATED
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .get(&key)
+        .get(number)
     {
         return known;
     }
@@ -169,7 +168,7 @@ fn valid_mobile(cc: &str, national: &str, country_code: u16) -> bool {
     if memo.len() >= VALIDATED_MAX {
         memo.clear();
     }
-    memo.insert(key, valid);
+    memo.insert(number.to_owned(), valid);
     valid
 }
 
@@ -190,7 +189,7 @@ impl PhoneNumber {
         if !supported.contains(country_code) {
             return Err(ApiError::MobileCountryCode);
         }
-        if !valid_mobile(cc, national, country_code) {
+        if !valid_mobile(s, cc, national, country_code) {
             return Err(invalid);
         }
         Ok(Self {

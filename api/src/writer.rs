@@ -86,9 +86,9 @@ impl Writer {
     /// own. It ends when every handle is dropped.
     ///
     /// Its own thread and runtime because a batch is a chain of short statements, each of which
-    /// wakes the writer again: on the request runtime every one of those wake-ups waited behind
-    /// the HTTP tasks for a turn, and the batch (which holds the write lock, and on PostgreSQL the
-    /// counter rows) took several times its own work to finish.
+    /// wakes the writer again, while it holds the write lock (on PostgreSQL the counter rows): off
+    /// the request runtime those wake-ups never queue behind HTTP tasks. Measured on 2 cores at
+    /// c=32 this changed throughput by no more than the run-to-run noise.
     pub async fn start(database_url: &str, max_batch: usize) -> Result<Self, msgcontact::Error> {
         let max_batch = max_batch.max(1);
         // The queue bounds waiting requests; beyond it callers wait for room (HTTP backpressure).
