@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use migration::{Migrator, MigratorTrait};
 use sea_orm::{
-    ActiveValue::Set, ConnectOptions, Database, DatabaseConnection, EntityTrait,
-    sea_query::OnConflict,
+    ActiveValue::Set, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend,
+    DbErr, EntityTrait, QueryResult, Statement, StatementBuilder, sea_query::OnConflict,
 };
 
 use crate::{Error, entities::setting};
@@ -130,6 +130,93 @@ mod busy {
             );
             assert_eq!(pause(0), Duration::from_micros(100));
         }
+    }
+}
+
+/// Statements that travel together. SQLite takes a script of several statements in one call to
+/// its connection's thread: a group commit then pays one hand-off per script instead of one per
+/// statement (measured on 2 cores under load, each hand-off cost 100–300 µs of waiting for the
+/// thread to be scheduled, more than most statements take to run). PostgreSQL's extended protocol
+/// takes one statement per call, so there they run one after the other, in the same order.
+pub struct Script {
+    backend: DbBackend,
+    statements: Vec<Statement>,
+}
+
+impl Script {
+    pub fn new(backend: DbBackend) -> Self {
+        Self {
+            backend,
+            statements: Vec::new(),
+        }
+    }
+
+    pub fn backend(&self) -> DbBackend {
+        self.backend
+    }
+
+    /// Appends a query statement.
+    pub fn push(&mut self, statement: &impl StatementBuilder) {
+        self.statements
+            .push(StatementBuilder::build(statement, &self.backend));
+    }
+
+    /// Appends a statement already built for this backend.
+    pub fn push_built(&mut self, statement: Statement) {
+        self.statements.push(statement);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.statements.is_empty()
+    }
+
+    /// Runs every statement in order and returns the rows all of them produced, in order.
+    pub async fn rows(self, c: &impl ConnectionTrait) -> Result<Vec<QueryResult>, DbErr> {
+        if self.backend == DbBackend::Sqlite {
+            return match self.merged() {
+                Some(s) => c.query_all_raw(s).await,
+                None => Ok(Vec::new()),
+            };
+        }
+        let mut rows = Vec::new();
+        for s in self.statements {
+            rows.extend(c.query_all_raw(s).await?);
+        }
+        Ok(rows)
+    }
+
+    /// Runs every statement in order.
+    pub async fn run(self, c: &impl ConnectionTrait) -> Result<(), DbErr> {
+        if self.backend == DbBackend::Sqlite {
+            if let Some(s) = self.merged() {
+                c.execute_raw(s).await?;
+            }
+            return Ok(());
+        }
+        for s in self.statements {
+            c.execute_raw(s).await?;
+        }
+        Ok(())
+    }
+
+    /// One SQLite statement text: its `?` placeholders are positional, so the statements' values
+    /// simply follow one another.
+    fn merged(self) -> Option<Statement> {
+        if self.statements.len() <= 1 {
+            return self.statements.into_iter().next();
+        }
+        let mut sql = String::new();
+        let mut values = Vec::new();
+        for s in self.statements {
+            if !sql.is_empty() {
+                sql.push_str(";\n");
+            }
+            sql.push_str(&s.sql);
+            if let Some(v) = s.values {
+                values.extend(v.0);
+            }
+        }
+        Some(Statement::from_sql_and_values(self.backend, sql, values))
     }
 }
 

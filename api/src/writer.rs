@@ -1,7 +1,9 @@
 //! Group commit for the accept path: concurrent requests' key checks, nonce records and send
 //! reservations are applied by one writer task in shared transactions of a fixed number of
 //! statements, so a burst of sends costs one commit and a handful of statements per batch instead of
-//! several round trips per request, and SQLite never sees the API's writers compete.
+//! several round trips per request, and SQLite never sees the API's writers compete. The batch's
+//! reads go as one script and its writes as another ([`Script`]): on SQLite a batch is four calls
+//! to the connection's thread whatever its size.
 //!
 //! Every limit stays exact: the batch reads its counter and contact rows locked (on SQLite the
 //! transaction holds the database's write lock), decides each send in arrival order against those
@@ -15,6 +17,7 @@ use std::{
     time::Duration,
 };
 
+use msgcontact::db::Script;
 use msgcontact::{
     ApiError,
     entities::{access_key, account, contact, daily_counter, send_request, signature_nonce},
@@ -22,9 +25,11 @@ use msgcontact::{
 };
 use sea_orm::{
     ActiveValue::Set,
-    ColumnTrait, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect,
-    sea_query::{Expr, ExprTrait, OnConflict},
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait, QueryFilter,
+    QueryResult, QueryTrait,
+    sea_query::{
+        Expr, ExprTrait, InsertStatement, LockType, OnConflict, Order, Query, SelectStatement,
+    },
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -203,19 +208,22 @@ fn nonce_of(op: &Op) -> Option<&NonceKey> {
     }
 }
 
-/// One transaction for the whole batch, a fixed number of statements whatever its size: the keys'
-/// status, the nonces, then for the sends one read of their accounts, counters and contacts (the
-/// counter and contact rows locked), every check decided in memory in arrival order, and one write
-/// each for the counters, the contacts' cooldown slots and the new request rows.
+/// One transaction for the whole batch in four calls whatever its size: it begins; one script
+/// reads everything the batch decides on (the keys' status, the nonces it records, the counters
+/// with the accounts' limits and the contacts, the counter and contact rows locked); every check
+/// is decided in memory in arrival order; one script writes the counters, the contacts' cooldown
+/// slots and the new request rows; it commits.
 async fn apply(
     db: &DatabaseConnection,
     batch: &[Job],
     counters: &HashSet<(String, String)>,
 ) -> Result<Applied, DbErr> {
+    let backend = db.get_database_backend();
     let txn = crate::write_txn(db)
         .await
         .map_err(|e| DbErr::Custom(e.to_string()))?;
     let mut results: Vec<Result<(), ApiError>> = vec![Ok(()); batch.len()];
+    let mut reads = Script::new(backend);
 
     // Keys: authentication used a cached copy of the key, so a key disabled since is refused here,
     // inside the transaction that would spend its nonce or quota.
@@ -225,23 +233,15 @@ async fn apply(
         .map(|n| n.access_key_id.as_str())
         .collect();
     if !key_ids.is_empty() {
-        let active: HashSet<String> = access_key::Entity::find()
-            .select_only()
-            .column(access_key::Column::AccessKeyId)
-            .filter(access_key::Column::AccessKeyId.is_in(key_ids.iter().copied()))
-            .filter(access_key::Column::Status.eq(status::access_key::ACTIVE))
-            .into_tuple::<String>()
-            .all(&txn)
-            .await?
-            .into_iter()
-            .collect();
-        for (i, job) in batch.iter().enumerate() {
-            if let Some(n) = nonce_of(&job.op)
-                && !active.contains(&n.access_key_id)
-            {
-                results[i] = Err(ApiError::AccessKeyInactive);
-            }
-        }
+        reads.push(
+            &Query::select()
+                .expr(Expr::cust(KEY))
+                .column(access_key::Column::AccessKeyId)
+                .from(access_key::Entity)
+                .and_where(access_key::Column::AccessKeyId.is_in(key_ids.iter().copied()))
+                .and_where(access_key::Column::Status.eq(status::access_key::ACTIVE))
+                .to_owned(),
+        );
     }
 
     // Nonces: the rows that come back inserted are fresh; a nonce already recorded, or repeated
@@ -249,9 +249,6 @@ async fn apply(
     let mut seen = HashSet::new();
     let mut fresh_rows = Vec::new();
     for (i, job) in batch.iter().enumerate() {
-        if results[i].is_err() {
-            continue;
-        }
         if let Some(n) = nonce_of(&job.op) {
             if seen.insert((n.access_key_id.as_str(), n.nonce.as_str())) {
                 fresh_rows.push(signature_nonce::ActiveModel {
@@ -267,36 +264,28 @@ async fn apply(
         }
     }
     if !fresh_rows.is_empty() {
-        let inserted: HashSet<(String, String)> =
-            match signature_nonce::Entity::insert_many(fresh_rows)
-                .on_conflict(
-                    OnConflict::columns([
-                        signature_nonce::Column::AccessKeyId,
-                        signature_nonce::Column::Nonce,
-                    ])
-                    .do_nothing()
-                    .to_owned(),
-                )
-                .exec_with_returning_keys(&txn)
-                .await
-            {
-                Ok(keys) => keys.into_iter().collect(),
-                Err(DbErr::RecordNotInserted) => HashSet::new(),
-                Err(e) => return Err(e),
-            };
-        let mut claimed = HashSet::new();
-        for (i, job) in batch.iter().enumerate() {
-            if let Some(n) = nonce_of(&job.op)
-                && results[i].is_ok()
-            {
-                let key = (n.access_key_id.clone(), n.nonce.clone());
-                if !inserted.contains(&key) || !claimed.insert(key) {
-                    results[i] = Err(ApiError::SignatureNonceUsed);
-                }
-            }
-        }
+        let mut insert = signature_nonce::Entity::insert_many(fresh_rows)
+            .on_conflict(
+                OnConflict::columns([
+                    signature_nonce::Column::AccessKeyId,
+                    signature_nonce::Column::Nonce,
+                ])
+                .do_nothing()
+                .to_owned(),
+            )
+            .into_query();
+        insert.returning(Query::returning().exprs([
+            Expr::cust(NONCE),
+            Expr::col(signature_nonce::Column::AccessKeyId),
+            Expr::col(signature_nonce::Column::Nonce),
+        ]));
+        reads.push(&insert);
     }
 
+    // Sends: their counters (created first where they may not exist yet: a missing row cannot be
+    // locked), then their contacts, both locked in key order: two API processes' batches queue on
+    // the same rows in the same order. On SQLite the `BEGIN IMMEDIATE` write lock does the same
+    // for the whole database. A send refused above (a replayed nonce) is read for but not decided.
     let sends: Vec<(usize, &Reservation)> = batch
         .iter()
         .enumerate()
@@ -305,77 +294,173 @@ async fn apply(
             _ => None,
         })
         .collect();
+    let groups: BTreeSet<(&str, &str)> = sends
+        .iter()
+        .map(|(_, r)| (r.account_id.as_str(), r.day.as_str()))
+        .collect();
     let mut ensured = Vec::new();
     if !sends.is_empty() {
-        reserve_all(&txn, &sends, counters, &mut ensured, &mut results).await?;
+        let unknown: Vec<(&str, &str)> = groups
+            .iter()
+            .filter(|(a, d)| !counters.contains(&((*a).to_owned(), (*d).to_owned())))
+            .copied()
+            .collect();
+        if !unknown.is_empty() {
+            reads.push(&ensure_counters(&unknown));
+            ensured.extend(
+                unknown
+                    .iter()
+                    .map(|(a, d)| ((*a).to_owned(), (*d).to_owned())),
+            );
+        }
+        reads.push(&lock_counters(&groups));
+        let contact_ids: BTreeSet<&str> =
+            sends.iter().map(|(_, r)| r.contact_id.as_str()).collect();
+        reads.push(
+            &Query::select()
+                .expr(Expr::cust(CONTACT))
+                .columns([
+                    contact::Column::ContactId,
+                    contact::Column::AccountId,
+                    contact::Column::Phone,
+                    contact::Column::PendingPhone,
+                    contact::Column::LastSendMs,
+                ])
+                .from(contact::Entity)
+                .and_where(contact::Column::ContactId.is_in(contact_ids.iter().copied()))
+                .order_by(contact::Column::ContactId, Order::Asc)
+                .lock(LockType::Update)
+                .to_owned(),
+        );
+    }
+
+    let mut read = Read::default();
+    for row in reads.rows(&txn).await? {
+        read.take(&row)?;
+    }
+
+    for (i, job) in batch.iter().enumerate() {
+        if let Some(n) = nonce_of(&job.op)
+            && results[i].is_ok()
+        {
+            if !read.active_keys.contains(&n.access_key_id) {
+                results[i] = Err(ApiError::AccessKeyInactive);
+            } else if !read
+                .fresh_nonces
+                .remove(&(n.access_key_id.clone(), n.nonce.clone()))
+            {
+                results[i] = Err(ApiError::SignatureNonceUsed);
+            }
+        }
+    }
+
+    if !sends.is_empty() {
+        let missing: Vec<(&str, &str)> = groups
+            .iter()
+            .filter(|(a, d)| {
+                !read
+                    .counts
+                    .contains_key(&((*a).to_owned(), (*d).to_owned()))
+            })
+            .copied()
+            .collect();
+        if !missing.is_empty() {
+            // A row believed to exist was purged since (a new day's housekeeping): create it
+            // again, then read (and lock) the counters once more.
+            txn.execute(&ensure_counters(&missing)).await?;
+            read.counts.clear();
+            for row in txn.query_all(&lock_counters(&groups)).await? {
+                read.take(&row)?;
+            }
+        }
+        let sends: Vec<(usize, &Reservation)> = sends
+            .into_iter()
+            .filter(|(i, _)| results[*i].is_ok())
+            .collect();
+        let writes = reserve_all(backend, &sends, &mut read, &mut results);
+        writes.run(&txn).await?;
     }
     txn.commit().await?;
     Ok((results, ensured))
 }
 
-/// The quota and cooldown of a batch's sends, each decided exactly as a lone request would be.
-///
-/// The counter rows are read locked (they exist first: a row that is missing cannot be locked),
-/// then the contacts, both in key order: two API processes' batches queue on the same rows in the
-/// same order. On SQLite the `BEGIN IMMEDIATE` write lock does the same for the whole database.
-async fn reserve_all(
-    txn: &DatabaseTransaction,
-    sends: &[(usize, &Reservation)],
-    known: &HashSet<(String, String)>,
-    ensured: &mut Vec<(String, String)>,
-    results: &mut [Result<(), ApiError>],
-) -> Result<(), DbErr> {
-    let groups: BTreeSet<(&str, &str)> = sends
-        .iter()
-        .map(|(_, r)| (r.account_id.as_str(), r.day.as_str()))
-        .collect();
-    for &(account, day) in &groups {
-        let key = (account.to_owned(), day.to_owned());
-        if !known.contains(&key) {
-            ensure_counter(txn, account, day).await?;
-            ensured.push(key);
-        }
-    }
-    let mut counts = lock_counters(txn, &groups).await?;
-    let missing: Vec<(&str, &str)> = groups
-        .iter()
-        .filter(|(a, d)| !counts.contains_key(&((*a).to_owned(), (*d).to_owned())))
-        .copied()
-        .collect();
-    if !missing.is_empty() {
-        // A row believed to exist was purged since (a new day's housekeeping): create it again.
-        for &(account, day) in &missing {
-            ensure_counter(txn, account, day).await?;
-        }
-        counts = lock_counters(txn, &groups).await?;
-    }
-    let accounts: BTreeSet<&str> = groups.iter().map(|(a, _)| *a).collect();
-    let limits: HashMap<String, Option<i32>> = account::Entity::find()
-        .select_only()
-        .column(account::Column::AccountId)
-        .column(account::Column::DailyLimit)
-        .filter(account::Column::AccountId.is_in(accounts.iter().copied()))
-        .into_tuple::<(String, Option<i32>)>()
-        .all(txn)
-        .await?
-        .into_iter()
-        .collect();
-    let contact_ids: BTreeSet<&str> = sends.iter().map(|(_, r)| r.contact_id.as_str()).collect();
-    let mut contacts: HashMap<String, contact::Model> = contact::Entity::find()
-        .filter(contact::Column::ContactId.is_in(contact_ids.iter().copied()))
-        .order_by_asc(contact::Column::ContactId)
-        .lock_exclusive()
-        .all(txn)
-        .await?
-        .into_iter()
-        .map(|c| (c.contact_id.clone(), c))
-        .collect();
+/// Tags on the rows of the read script, so each row is told apart from the others by its first
+/// column (SQL literals, not bound values: they are part of the statement text).
+const KEY: &str = "'key'";
+const NONCE: &str = "'nonce'";
+const COUNTER: &str = "'counter'";
+const CONTACT: &str = "'contact'";
 
-    let start = counts.clone();
+/// A contact as the checks of a send need it.
+#[derive(Debug)]
+struct ContactRow {
+    account_id: String,
+    phone: Option<String>,
+    pending_phone: Option<String>,
+    last_send_ms: Option<i64>,
+}
+
+/// What the read script found.
+#[derive(Default)]
+struct Read {
+    active_keys: HashSet<String>,
+    fresh_nonces: HashSet<(String, String)>,
+    counts: HashMap<(String, String), i32>,
+    limits: HashMap<String, Option<i32>>,
+    contacts: HashMap<String, ContactRow>,
+}
+
+impl Read {
+    fn take(&mut self, row: &QueryResult) -> Result<(), DbErr> {
+        let tag: String = row.try_get_by_index(0)?;
+        match tag.as_str() {
+            "key" => {
+                self.active_keys.insert(row.try_get_by_index(1)?);
+            }
+            "nonce" => {
+                self.fresh_nonces
+                    .insert((row.try_get_by_index(1)?, row.try_get_by_index(2)?));
+            }
+            "counter" => {
+                let account: String = row.try_get_by_index(1)?;
+                self.counts.insert(
+                    (account.clone(), row.try_get_by_index(2)?),
+                    row.try_get_by_index(3)?,
+                );
+                self.limits.insert(account, row.try_get_by_index(4)?);
+            }
+            "contact" => {
+                self.contacts.insert(
+                    row.try_get_by_index(1)?,
+                    ContactRow {
+                        account_id: row.try_get_by_index(2)?,
+                        phone: row.try_get_by_index(3)?,
+                        pending_phone: row.try_get_by_index(4)?,
+                        last_send_ms: row.try_get_by_index(5)?,
+                    },
+                );
+            }
+            other => return Err(DbErr::Custom(format!("unexpected row tag {other:?}"))),
+        }
+        Ok(())
+    }
+}
+
+/// The quota and cooldown of a batch's sends, each decided exactly as a lone request would be
+/// against the rows read (and locked) for the batch, and the script that writes the result back:
+/// one update per counter that changed, one for every cooldown slot taken, one insert of the new
+/// request rows.
+fn reserve_all(
+    backend: DbBackend,
+    sends: &[(usize, &Reservation)],
+    read: &mut Read,
+    results: &mut [Result<(), ApiError>],
+) -> Script {
+    let start = read.counts.clone();
     let mut claimed: BTreeMap<String, i64> = BTreeMap::new();
     let mut rows = Vec::new();
     for &(i, r) in sends {
-        let outcome = decide(r, &limits, &mut counts, &mut contacts);
+        let outcome = decide(r, &read.limits, &mut read.counts, &mut read.contacts);
         if outcome.is_ok() {
             claimed.insert(r.contact_id.clone(), r.now_ms);
             rows.push(request_row(r));
@@ -383,22 +468,24 @@ async fn reserve_all(
         results[i] = outcome;
     }
 
-    for ((account, day), count) in &counts {
+    let mut writes = Script::new(backend);
+    for ((account, day), count) in &read.counts {
         let taken = count
             - start
                 .get(&(account.clone(), day.clone()))
                 .copied()
                 .unwrap_or(0);
         if taken > 0 {
-            daily_counter::Entity::update_many()
-                .col_expr(
-                    daily_counter::Column::Count,
-                    Expr::col(daily_counter::Column::Count).add(taken),
-                )
-                .filter(daily_counter::Column::AccountId.eq(account.as_str()))
-                .filter(daily_counter::Column::Day.eq(day.as_str()))
-                .exec(txn)
-                .await?;
+            writes.push_built(
+                daily_counter::Entity::update_many()
+                    .col_expr(
+                        daily_counter::Column::Count,
+                        Expr::col(daily_counter::Column::Count).add(taken),
+                    )
+                    .filter(daily_counter::Column::AccountId.eq(account.as_str()))
+                    .filter(daily_counter::Column::Day.eq(day.as_str()))
+                    .build(backend),
+            );
         }
     }
     if let Some((first, at)) = claimed.first_key_value() {
@@ -411,21 +498,20 @@ async fn reserve_all(
         for (id, at) in claimed.iter().skip(1) {
             slot = slot.case(Expr::col(contact::Column::ContactId).eq(id.as_str()), *at);
         }
-        contact::Entity::update_many()
-            .col_expr(
-                contact::Column::LastSendMs,
-                slot.finally(Expr::col(contact::Column::LastSendMs)).into(),
-            )
-            .filter(contact::Column::ContactId.is_in(claimed.keys().map(String::as_str)))
-            .exec(txn)
-            .await?;
+        writes.push_built(
+            contact::Entity::update_many()
+                .col_expr(
+                    contact::Column::LastSendMs,
+                    slot.finally(Expr::col(contact::Column::LastSendMs)).into(),
+                )
+                .filter(contact::Column::ContactId.is_in(claimed.keys().map(String::as_str)))
+                .build(backend),
+        );
     }
     if !rows.is_empty() {
-        send_request::Entity::insert_many(rows)
-            .exec_without_returning(txn)
-            .await?;
+        writes.push_built(send_request::Entity::insert_many(rows).build(backend));
     }
-    Ok(())
+    writes
 }
 
 /// One send's synchronous checks against the rows read for its batch, in the SPEC's order (the
@@ -435,7 +521,7 @@ fn decide(
     r: &Reservation,
     limits: &HashMap<String, Option<i32>>,
     counts: &mut HashMap<(String, String), i32>,
-    contacts: &mut HashMap<String, contact::Model>,
+    contacts: &mut HashMap<String, ContactRow>,
 ) -> Result<(), ApiError> {
     let c = contacts
         .get_mut(&r.contact_id)
@@ -473,46 +559,55 @@ fn decide(
     Ok(())
 }
 
-async fn lock_counters(
-    txn: &DatabaseTransaction,
-    groups: &BTreeSet<(&str, &str)>,
-) -> Result<HashMap<(String, String), i32>, DbErr> {
+/// The batch's counters with their accounts' own limits, the counter rows locked in key order.
+fn lock_counters(groups: &BTreeSet<(&str, &str)>) -> SelectStatement {
     let accounts: BTreeSet<&str> = groups.iter().map(|(a, _)| *a).collect();
     let days: BTreeSet<&str> = groups.iter().map(|(_, d)| *d).collect();
-    Ok(daily_counter::Entity::find()
-        .filter(daily_counter::Column::AccountId.is_in(accounts))
-        .filter(daily_counter::Column::Day.is_in(days))
-        .order_by_asc(daily_counter::Column::AccountId)
-        .order_by_asc(daily_counter::Column::Day)
-        .lock_exclusive()
-        .all(txn)
-        .await?
-        .into_iter()
-        .map(|c| ((c.account_id, c.day), c.count))
-        .collect())
+    Query::select()
+        .expr(Expr::cust(COUNTER))
+        .column((daily_counter::Entity, daily_counter::Column::AccountId))
+        .column((daily_counter::Entity, daily_counter::Column::Day))
+        .column((daily_counter::Entity, daily_counter::Column::Count))
+        .column((account::Entity, account::Column::DailyLimit))
+        .from(daily_counter::Entity)
+        .left_join(
+            account::Entity,
+            Expr::col((account::Entity, account::Column::AccountId))
+                .equals((daily_counter::Entity, daily_counter::Column::AccountId)),
+        )
+        .and_where(
+            Expr::col((daily_counter::Entity, daily_counter::Column::AccountId)).is_in(accounts),
+        )
+        .and_where(Expr::col((daily_counter::Entity, daily_counter::Column::Day)).is_in(days))
+        .order_by(
+            (daily_counter::Entity, daily_counter::Column::AccountId),
+            Order::Asc,
+        )
+        .order_by(
+            (daily_counter::Entity, daily_counter::Column::Day),
+            Order::Asc,
+        )
+        // Only the counters: the account row is read, not locked (nor lockable across the outer
+        // join on PostgreSQL).
+        .lock_with_tables(LockType::Update, [daily_counter::Entity])
+        .to_owned()
 }
 
-async fn ensure_counter(txn: &DatabaseTransaction, account: &str, day: &str) -> Result<(), DbErr> {
-    daily_counter::Entity::insert(daily_counter::ActiveModel {
-        account_id: Set(account.to_owned()),
-        day: Set(day.to_owned()),
-        count: Set(0),
-    })
+/// Creates the counter rows that may not exist yet (at zero; an existing row is left alone).
+fn ensure_counters(groups: &[(&str, &str)]) -> InsertStatement {
+    daily_counter::Entity::insert_many(groups.iter().map(|(account, day)| {
+        daily_counter::ActiveModel {
+            account_id: Set((*account).to_owned()),
+            day: Set((*day).to_owned()),
+            count: Set(0),
+        }
+    }))
     .on_conflict(
         OnConflict::columns([daily_counter::Column::AccountId, daily_counter::Column::Day])
             .do_nothing()
             .to_owned(),
     )
-    .exec_without_returning(txn)
-    .await
-    .map(|_| ())
-    .or_else(|e| {
-        if matches!(e, DbErr::RecordNotInserted) {
-            Ok(())
-        } else {
-            Err(e)
-        }
-    })
+    .into_query()
 }
 
 fn request_row(r: &Reservation) -> send_request::ActiveModel {
