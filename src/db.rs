@@ -151,23 +151,9 @@ impl Script {
         }
     }
 
-    pub fn backend(&self) -> DbBackend {
-        self.backend
-    }
-
-    /// Appends a query statement.
     pub fn push(&mut self, statement: &impl StatementBuilder) {
         self.statements
             .push(StatementBuilder::build(statement, &self.backend));
-    }
-
-    /// Appends a statement already built for this backend.
-    pub fn push_built(&mut self, statement: Statement) {
-        self.statements.push(statement);
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.statements.is_empty()
     }
 
     /// Runs every statement in order and returns the rows all of them produced, in order.

@@ -235,7 +235,7 @@ async fn apply(
     if !key_ids.is_empty() {
         reads.push(
             &Query::select()
-                .expr(Expr::cust(KEY))
+                .expr(tag(KEY))
                 .column(access_key::Column::AccessKeyId)
                 .from(access_key::Entity)
                 .and_where(access_key::Column::AccessKeyId.is_in(key_ids.iter().copied()))
@@ -275,7 +275,7 @@ async fn apply(
             )
             .into_query();
         insert.returning(Query::returning().exprs([
-            Expr::cust(NONCE),
+            tag(NONCE),
             Expr::col(signature_nonce::Column::AccessKeyId),
             Expr::col(signature_nonce::Column::Nonce),
         ]));
@@ -318,7 +318,7 @@ async fn apply(
             sends.iter().map(|(_, r)| r.contact_id.as_str()).collect();
         reads.push(
             &Query::select()
-                .expr(Expr::cust(CONTACT))
+                .expr(tag(CONTACT))
                 .columns([
                     contact::Column::ContactId,
                     contact::Column::AccountId,
@@ -385,11 +385,16 @@ async fn apply(
 }
 
 /// Tags on the rows of the read script, so each row is told apart from the others by its first
-/// column (SQL literals, not bound values: they are part of the statement text).
-const KEY: &str = "'key'";
-const NONCE: &str = "'nonce'";
-const COUNTER: &str = "'counter'";
-const CONTACT: &str = "'contact'";
+/// column.
+const KEY: &str = "key";
+const NONCE: &str = "nonce";
+const COUNTER: &str = "counter";
+const CONTACT: &str = "contact";
+
+/// A tag as an SQL literal (part of the statement text, not a bound value).
+fn tag(name: &str) -> Expr {
+    Expr::cust(format!("'{name}'"))
+}
 
 /// A contact as the checks of a send need it.
 #[derive(Debug)]
@@ -414,14 +419,14 @@ impl Read {
     fn take(&mut self, row: &QueryResult) -> Result<(), DbErr> {
         let tag: String = row.try_get_by_index(0)?;
         match tag.as_str() {
-            "key" => {
+            KEY => {
                 self.active_keys.insert(row.try_get_by_index(1)?);
             }
-            "nonce" => {
+            NONCE => {
                 self.fresh_nonces
                     .insert((row.try_get_by_index(1)?, row.try_get_by_index(2)?));
             }
-            "counter" => {
+            COUNTER => {
                 let account: String = row.try_get_by_index(1)?;
                 self.counts.insert(
                     (account.clone(), row.try_get_by_index(2)?),
@@ -429,7 +434,7 @@ impl Read {
                 );
                 self.limits.insert(account, row.try_get_by_index(4)?);
             }
-            "contact" => {
+            CONTACT => {
                 self.contacts.insert(
                     row.try_get_by_index(1)?,
                     ContactRow {
@@ -476,15 +481,15 @@ fn reserve_all(
                 .copied()
                 .unwrap_or(0);
         if taken > 0 {
-            writes.push_built(
-                daily_counter::Entity::update_many()
+            writes.push(
+                &daily_counter::Entity::update_many()
                     .col_expr(
                         daily_counter::Column::Count,
                         Expr::col(daily_counter::Column::Count).add(taken),
                     )
                     .filter(daily_counter::Column::AccountId.eq(account.as_str()))
                     .filter(daily_counter::Column::Day.eq(day.as_str()))
-                    .build(backend),
+                    .into_query(),
             );
         }
     }
@@ -498,18 +503,18 @@ fn reserve_all(
         for (id, at) in claimed.iter().skip(1) {
             slot = slot.case(Expr::col(contact::Column::ContactId).eq(id.as_str()), *at);
         }
-        writes.push_built(
-            contact::Entity::update_many()
+        writes.push(
+            &contact::Entity::update_many()
                 .col_expr(
                     contact::Column::LastSendMs,
                     slot.finally(Expr::col(contact::Column::LastSendMs)).into(),
                 )
                 .filter(contact::Column::ContactId.is_in(claimed.keys().map(String::as_str)))
-                .build(backend),
+                .into_query(),
         );
     }
     if !rows.is_empty() {
-        writes.push_built(send_request::Entity::insert_many(rows).build(backend));
+        writes.push(&send_request::Entity::insert_many(rows).into_query());
     }
     writes
 }
@@ -564,7 +569,7 @@ fn lock_counters(groups: &BTreeSet<(&str, &str)>) -> SelectStatement {
     let accounts: BTreeSet<&str> = groups.iter().map(|(a, _)| *a).collect();
     let days: BTreeSet<&str> = groups.iter().map(|(_, d)| *d).collect();
     Query::select()
-        .expr(Expr::cust(COUNTER))
+        .expr(tag(COUNTER))
         .column((daily_counter::Entity, daily_counter::Column::AccountId))
         .column((daily_counter::Entity, daily_counter::Column::Day))
         .column((daily_counter::Entity, daily_counter::Column::Count))
