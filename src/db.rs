@@ -32,12 +32,22 @@ pub async fn connect(url: &str, pool: u32) -> Result<DatabaseConnection, Error> 
 
 /// One connection of its own for a single writer task (after `connect` migrated the database).
 /// On SQLite a connection's page cache is dropped whenever another connection wrote to the file,
-/// so the one writer keeps its cache warm only on a connection nothing else writes through.
+/// so the one writer keeps its cache warm only on a connection nothing else writes through (nor is
+/// it closed for being idle or old, which would throw that cache away).
+///
+/// It leaves checkpoints to [`checkpoint`], run beside it: SQLite's automatic checkpoint runs
+/// inside the commit that crosses its threshold (1,000 pages), copying the WAL back and syncing the
+/// file while the batch's callers wait. Measured at c=32 on SQLite, 4 % of the writer's batches
+/// took 10–25 ms that way; with the checkpoints beside it, 0.1 %.
 pub async fn connect_single(url: &str) -> Result<DatabaseConnection, Error> {
-    open(url, 1).await
+    open_with(url, 1, true).await
 }
 
 async fn open(url: &str, pool: u32) -> Result<DatabaseConnection, Error> {
+    open_with(url, pool, false).await
+}
+
+async fn open_with(url: &str, pool: u32, single: bool) -> Result<DatabaseConnection, Error> {
     if let Some(path) = sqlite_path(url)
         && let Some(dir) = std::path::Path::new(path).parent()
         && !dir.as_os_str().is_empty()
@@ -50,26 +60,40 @@ async fn open(url: &str, pool: u32) -> Result<DatabaseConnection, Error> {
         .min_connections(1)
         .connect_timeout(Duration::from_secs(5))
         .acquire_timeout(Duration::from_secs(10))
-        .sqlx_logging(false)
-        .map_sqlx_sqlite_opts(|o| {
-            // WAL lets readers run beside the single writer; NORMAL is durable across process
-            // crashes in WAL mode; a busy timeout makes concurrent writers wait instead of failing.
-            // A 32 MiB page cache (the default is 2 MiB) holds the hot index pages of contacts,
-            // counters, nonces and requests for a busy accept path.
-            o.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
-                .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
-                .busy_timeout(Duration::from_secs(15))
-                .pragma("cache_size", "-32768")
-        })
-        .map_sqlx_sqlite_pool_opts(|p| {
-            p.after_connect(|conn, _| {
-                Box::pin(async move {
-                    let mut handle = conn.lock_handle().await?;
-                    busy::install(handle.as_raw_handle());
-                    Ok(())
-                })
+        .sqlx_logging(false);
+    if single {
+        opts.idle_timeout(None).max_lifetime(None);
+    }
+    if url.starts_with("sqlite:") {
+        // A SQLite connection is a handle in this process: nothing at the other end can hang up,
+        // and the ping before every acquire is one more round trip to the connection's thread.
+        opts.test_before_acquire(false);
+    }
+    opts.map_sqlx_sqlite_opts(move |o| {
+        // WAL lets readers run beside the single writer; NORMAL is durable across process
+        // crashes in WAL mode; a busy timeout makes concurrent writers wait instead of failing.
+        // A 32 MiB page cache (the default is 2 MiB) holds the hot index pages of contacts,
+        // counters, nonces and requests for a busy accept path.
+        let o = o
+            .journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
+            .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(15))
+            .pragma("cache_size", "-32768");
+        if single {
+            o.pragma("wal_autocheckpoint", "0")
+        } else {
+            o
+        }
+    })
+    .map_sqlx_sqlite_pool_opts(|p| {
+        p.after_connect(|conn, _| {
+            Box::pin(async move {
+                let mut handle = conn.lock_handle().await?;
+                busy::install(handle.as_raw_handle());
+                Ok(())
             })
-        });
+        })
+    });
     Ok(Database::connect(opts).await?)
 }
 
@@ -204,6 +228,25 @@ impl Script {
         }
         Some(Statement::from_sql_and_values(self.backend, sql, values))
     }
+}
+
+/// Copies SQLite's WAL back into the database file, for the [`connect_single`] writer that leaves
+/// it to others (the API runs it every 100 ms). Passive: it never waits for a writer or a reader,
+/// and what it cannot copy now is copied next time; the next write transaction after a complete
+/// copy starts the WAL over, so it stays small. Returns the frames in the WAL and how many of them
+/// are copied; `None` on PostgreSQL, where it does nothing.
+pub async fn checkpoint(db: &DatabaseConnection) -> Result<Option<(i64, i64)>, DbErr> {
+    if db.get_database_backend() != DbBackend::Sqlite {
+        return Ok(None);
+    }
+    let row = db
+        .query_one_raw(Statement::from_string(
+            DbBackend::Sqlite,
+            "PRAGMA wal_checkpoint(PASSIVE)",
+        ))
+        .await?
+        .ok_or_else(|| DbErr::Custom("wal_checkpoint returned no row".into()))?;
+    Ok(Some((row.try_get_by_index(1)?, row.try_get_by_index(2)?)))
 }
 
 /// Applies pending migrations. Two processes starting at once may race on the bookkeeping table;

@@ -1,4 +1,5 @@
-//! Two processes starting at once against a fresh database both migrate it successfully.
+//! Opening the database: two processes starting at once against a fresh database both migrate it
+//! successfully, and the API's single writer leaves SQLite's checkpoints to the checkpoint task.
 
 mod common;
 
@@ -54,4 +55,50 @@ async fn concurrent_startup_on_sqlite() {
         dir.0.display()
     ))
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_single_writer_leaves_checkpoints_to_the_checkpoint_task() {
+    let dir = common::TempDir(
+        std::env::temp_dir().join(format!("msgcontact-ckpt-{}", uuid::Uuid::new_v4().simple())),
+    );
+    let url = format!("sqlite://{}/db.sqlite?mode=rwc", dir.0.display());
+    let pool = msgcontact::db::connect(&url, 2).await.unwrap();
+    let writer = msgcontact::db::connect_single(&url).await.unwrap();
+    // Every row fills a page of its own: 1,500 commits write well past SQLite's automatic
+    // checkpoint threshold of 1,000 pages.
+    for i in 0..1500 {
+        writer
+            .execute_unprepared(&format!(
+                "INSERT INTO settings (key, value) VALUES ('k{i}', hex(zeroblob(2000)))"
+            ))
+            .await
+            .unwrap();
+    }
+    let (frames, copied) = msgcontact::db::checkpoint(&pool).await.unwrap().unwrap();
+    assert!(
+        frames >= 1500,
+        "the writer checkpointed by itself: only {frames} frames in the WAL"
+    );
+    assert_eq!(
+        copied, frames,
+        "a passive checkpoint with no reader copies it all"
+    );
+    // The next write starts the WAL over: it stays small while the task keeps up.
+    writer
+        .execute_unprepared("INSERT INTO settings (key, value) VALUES ('last', 'x')")
+        .await
+        .unwrap();
+    let (frames, _) = msgcontact::db::checkpoint(&pool).await.unwrap().unwrap();
+    assert!(frames < 10, "the WAL did not start over: {frames} frames");
+    // Everything written is there.
+    let rows = pool
+        .query_one_raw(sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Sqlite,
+            "SELECT count(*) FROM settings WHERE key LIKE 'k%'",
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(rows.try_get_by_index::<i64>(0).unwrap(), 1500);
 }

@@ -184,6 +184,27 @@ impl Application {
                 }
             }
         });
+        // The writer's connection leaves checkpoints to this task (see `db::connect_single`): they
+        // run beside its batches instead of inside one of their commits.
+        let checkpoint_db = state.db.clone();
+        let checkpoint_stop = shutdown.clone();
+        let sqlite = state.db.get_database_backend() == sea_orm::DbBackend::Sqlite;
+        let checkpointer = sqlite.then(|| {
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(100));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = checkpoint_stop.cancelled() => break,
+                        _ = tick.tick() => {
+                            if let Err(e) = msgcontact::db::checkpoint(&checkpoint_db).await {
+                                tracing::warn!(error = %e, "WAL checkpoint failed");
+                            }
+                        }
+                    }
+                }
+            })
+        });
         let poller = tokio::spawn(msgcontact_worker::admin::poll_depths(
             self.amqp_url.clone(),
             state.db.clone(),
@@ -210,6 +231,9 @@ impl Application {
             .with_graceful_shutdown(shutdown.cancelled_owned())
             .await?;
         purger.abort();
+        if let Some(checkpointer) = checkpointer {
+            let _ = checkpointer.await;
+        }
         let _ = poller.await;
         let _ = supervisor.await;
         state.publisher.close().await;
