@@ -65,8 +65,8 @@ async fn the_single_writer_leaves_checkpoints_to_the_checkpoint_task() {
     let url = format!("sqlite://{}/db.sqlite?mode=rwc", dir.0.display());
     let pool = msgcontact::db::connect(&url, 2).await.unwrap();
     let writer = msgcontact::db::connect_single(&url).await.unwrap();
-    // Every row fills a page of its own: 1,500 commits write well past SQLite's automatic
-    // checkpoint threshold of 1,000 pages.
+    // Every row fills a page of its own: 1,500 commits write well past SQLite's usual automatic
+    // checkpoint threshold of 1,000 pages (the writer's backstop is at 10,000).
     for i in 0..1500 {
         writer
             .execute_unprepared(&format!(
@@ -75,6 +75,15 @@ async fn the_single_writer_leaves_checkpoints_to_the_checkpoint_task() {
             .await
             .unwrap();
     }
+    let backstop = writer
+        .query_one_raw(sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Sqlite,
+            "PRAGMA wal_autocheckpoint",
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(backstop.try_get_by_index::<i64>(0).unwrap(), 10_000);
     let (frames, copied) = msgcontact::db::checkpoint(&pool).await.unwrap().unwrap();
     assert!(
         frames >= 1500,
