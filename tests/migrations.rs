@@ -75,15 +75,7 @@ async fn the_single_writer_leaves_checkpoints_to_the_checkpoint_task() {
             .await
             .unwrap();
     }
-    let backstop = writer
-        .query_one_raw(sea_orm::Statement::from_string(
-            sea_orm::DbBackend::Sqlite,
-            "PRAGMA wal_autocheckpoint",
-        ))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(backstop.try_get_by_index::<i64>(0).unwrap(), 10_000);
+    assert_eq!(scalar(&writer, "PRAGMA wal_autocheckpoint").await, 10_000);
     let (frames, copied) = msgcontact::db::checkpoint(&pool).await.unwrap().unwrap();
     assert!(
         frames >= 1500,
@@ -101,13 +93,20 @@ async fn the_single_writer_leaves_checkpoints_to_the_checkpoint_task() {
     let (frames, _) = msgcontact::db::checkpoint(&pool).await.unwrap().unwrap();
     assert!(frames < 10, "the WAL did not start over: {frames} frames");
     // Everything written is there.
-    let rows = pool
+    assert_eq!(
+        scalar(&pool, "SELECT count(*) FROM settings WHERE key LIKE 'k%'").await,
+        1500
+    );
+}
+
+async fn scalar(db: &sea_orm::DatabaseConnection, sql: &str) -> i64 {
+    let row = db
         .query_one_raw(sea_orm::Statement::from_string(
             sea_orm::DbBackend::Sqlite,
-            "SELECT count(*) FROM settings WHERE key LIKE 'k%'",
+            sql,
         ))
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(rows.try_get_by_index::<i64>(0).unwrap(), 1500);
+    row.try_get_by_index(0).unwrap()
 }
