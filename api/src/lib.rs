@@ -169,38 +169,27 @@ impl Application {
 
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), Error> {
         let state = self.state.clone();
-        let purge_db = state.db.clone();
-        let purge_stop = shutdown.clone();
-        let purger = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(60));
-            loop {
-                tokio::select! {
-                    _ = purge_stop.cancelled() => break,
-                    _ = tick.tick() => {
-                        if let Err(e) = auth::purge_nonces(&purge_db).await {
-                            tracing::warn!(error = %e, "nonce purge failed");
-                        }
+        let purger = every(Duration::from_secs(60), shutdown.clone(), {
+            let db = state.db.clone();
+            move || {
+                let db = db.clone();
+                async move {
+                    if let Err(e) = auth::purge_nonces(&db).await {
+                        tracing::warn!(error = %e, "nonce purge failed");
                     }
                 }
             }
         });
         // The writer's connection leaves checkpoints to this task (see `db::connect_single`): they
         // run beside its batches instead of inside one of their commits.
-        let checkpoint_db = state.db.clone();
-        let checkpoint_stop = shutdown.clone();
         let sqlite = state.db.get_database_backend() == sea_orm::DbBackend::Sqlite;
         let checkpointer = sqlite.then(|| {
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_millis(100));
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    tokio::select! {
-                        _ = checkpoint_stop.cancelled() => break,
-                        _ = tick.tick() => {
-                            if let Err(e) = msgcontact::db::checkpoint(&checkpoint_db).await {
-                                tracing::warn!(error = %e, "WAL checkpoint failed");
-                            }
-                        }
+            let db = state.db.clone();
+            every(Duration::from_millis(100), shutdown.clone(), move || {
+                let db = db.clone();
+                async move {
+                    if let Err(e) = msgcontact::db::checkpoint(&db).await {
+                        tracing::warn!(error = %e, "WAL checkpoint failed");
                     }
                 }
             })
@@ -244,6 +233,28 @@ impl Application {
         tracing::info!("API stopped");
         Ok(())
     }
+}
+
+/// Runs `task` every `period` until `stop`; a tick missed while the task ran is not made up.
+fn every<F, Fut>(
+    period: Duration,
+    stop: CancellationToken,
+    mut task: F,
+) -> tokio::task::JoinHandle<()>
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tick.tick() => task().await,
+            }
+        }
+    })
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
