@@ -83,6 +83,14 @@ impl RequestId {
             .map(Self)
             .map_err(|_| ApiError::InvalidParameter("RequestId"))
     }
+
+    /// The least id minted at `unix_ms` or later: ids sort by the millisecond they were minted
+    /// in, so `request_id >= first_at(t)` is a range of the primary key.
+    pub fn first_at(unix_ms: i64) -> Self {
+        Self(Uuid::from_u128(
+            (unix_ms.clamp(0, (1 << 48) - 1) as u128) << 80,
+        ))
+    }
 }
 
 impl Default for RequestId {
@@ -478,5 +486,18 @@ mod tests {
         // Later ids sort after earlier ones (index locality), and no two are alike.
         let later = RequestId::new().to_string();
         assert!(later > id, "{later} should sort after {id}");
+    }
+
+    #[test]
+    fn first_at_bounds_the_ids_of_a_millisecond() {
+        let before = crate::time::now_ms();
+        let id = RequestId::new().to_string();
+        let after = crate::time::now_ms();
+        assert!(RequestId::first_at(before).to_string() <= id);
+        assert!(RequestId::first_at(after + 1).to_string() > id);
+        assert_eq!(
+            RequestId::first_at(0).to_string(),
+            "00000000-0000-0000-0000-000000000000"
+        );
     }
 }

@@ -12,6 +12,16 @@ pub enum SendStatus {
 }
 
 impl SendStatus {
+    /// Every status, in the order reports list them.
+    pub const ALL: [SendStatus; 6] = [
+        SendStatus::Queued,
+        SendStatus::Sending,
+        SendStatus::Retrying,
+        SendStatus::Sent,
+        SendStatus::Failed,
+        SendStatus::Superseded,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             SendStatus::Queued => "Queued",

@@ -473,9 +473,10 @@ async fn dead_letters_can_be_listed_and_replayed(backend: Backend) {
         ),
         (1, 0, 1)
     );
-    let report = msgcontact_worker::admin::report(&conn, &app.db, &topology)
-        .await
-        .unwrap();
+    let report =
+        msgcontact_worker::admin::report(&conn, &app.db, &topology, &mut Default::default())
+            .await
+            .unwrap();
     assert_eq!(report.queues[0].ready, Some(1));
     assert_eq!(
         report

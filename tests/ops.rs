@@ -6,6 +6,9 @@ mod common;
 use std::time::Duration;
 
 use common::{Backend, Options, TestApp};
+use msgcontact::entities::send_request;
+use msgcontact_worker::census::Census;
+use sea_orm::{EntityTrait, Set};
 
 async fn get(url: &str) -> (u16, String) {
     let r = reqwest::get(url).await.unwrap();
@@ -286,4 +289,147 @@ async fn depth_gauge_follows_rabbitmqctl_during_a_throttled_burst() {
         .unwrap_or_else(|_| panic!("app still shared"))
         .cleanup()
         .await;
+}
+
+/// A request row accepted at `accepted_ms`, with an id minted in that millisecond (`k` tells
+/// rows of one millisecond apart).
+fn request_row(accepted_ms: i64, k: u64, status: &str) -> send_request::ActiveModel {
+    send_request::ActiveModel {
+        request_id: Set(format!(
+            "{:08X}-{:04X}-7000-8000-{k:012X}",
+            accepted_ms >> 16,
+            accepted_ms & 0xFFFF
+        )),
+        account_id: Set("1234567890123456".into()),
+        contact_id: Set(format!("c-{k}")),
+        phone: Set("86-13900001234".into()),
+        status: Set(status.into()),
+        attempts: Set(0),
+        ambiguous_attempts: Set(0),
+        failure_code: Set(None),
+        failure_message: Set(None),
+        provider_message_id: Set(None),
+        verification_id: Set(None),
+        day: Set("2026-12-02".into()),
+        accepted_ms: Set(accepted_ms),
+        sent_ms: Set((status == "Sent").then_some(accepted_ms + 500)),
+        updated_ms: Set(accepted_ms),
+    }
+}
+
+async fn census_counts(backend: Backend) {
+    let app = TestApp::spawn_with(backend, Options::without_worker()).await;
+    let db = &app.db;
+    let t = msgcontact::time::now_ms();
+    let min = 60_000;
+    let mut rows = Vec::new();
+    for k in 0..5 {
+        rows.push(request_row(t - 30 * min, k, "Sent"));
+    }
+    rows.push(request_row(t - 30 * min, 5, "Failed"));
+    rows.push(request_row(t - 29 * min, 6, "Superseded"));
+    for k in 7..10 {
+        rows.push(request_row(t - 10 * min, k, "Queued"));
+    }
+    rows.push(request_row(t - 9 * min, 10, "Sending"));
+    rows.push(request_row(t - 8 * min, 11, "Retrying"));
+    send_request::Entity::insert_many(rows)
+        .exec(db)
+        .await
+        .unwrap();
+
+    let mut census = Census::default();
+    // [Queued, Sending, Retrying, Sent, Failed, Superseded]
+    let c = census.poll_at(db, t).await.unwrap();
+    assert_eq!(c.by_status, [3, 1, 1, 5, 1, 1]);
+    assert_eq!(c.oldest_queued_ms, Some(t - 10 * min));
+    assert_eq!(
+        c.send_rate_per_second, 0.0,
+        "nothing was sent in the last minute"
+    );
+
+    // The second poll settles what lies well below the oldest live request; from then on the
+    // census no longer reads those rows (what keeps a poll cheap on a large table): a change
+    // made to them behind its back, which the service never makes, goes unseen.
+    let c = census.poll_at(db, t + 5_000).await.unwrap();
+    assert_eq!(c.by_status, [3, 1, 1, 5, 1, 1]);
+    sea_orm::ConnectionTrait::execute_unprepared(
+        db,
+        &format!(
+            "UPDATE send_requests SET status = 'Failed' WHERE accepted_ms < {}",
+            t - 20 * min
+        ),
+    )
+    .await
+    .unwrap();
+    let c = census.poll_at(db, t + 10_000).await.unwrap();
+    assert_eq!(c.by_status, [3, 1, 1, 5, 1, 1]);
+
+    // Live requests move on: the counts follow, and so does the oldest Queued age.
+    let mut newer = vec![request_row(t + 11_000, 12, "Queued")];
+    newer.push(request_row(t + 11_000, 13, "Queued"));
+    send_request::Entity::insert_many(newer)
+        .exec(db)
+        .await
+        .unwrap();
+    sea_orm::ConnectionTrait::execute_unprepared(
+        db,
+        &format!(
+            "UPDATE send_requests SET status = 'Sent', sent_ms = {} \
+             WHERE status IN ('Queued', 'Sending') AND accepted_ms < {t}",
+            t + 20_000
+        ),
+    )
+    .await
+    .unwrap();
+    let c = census.poll_at(db, t + 30_000).await.unwrap();
+    assert_eq!(c.by_status, [2, 0, 1, 9, 1, 1]);
+    assert_eq!(c.oldest_queued_ms, Some(t + 11_000));
+    // Until it has a minute of history, the rate is what the rows it reads say.
+    assert!((c.send_rate_per_second - 4.0 / 60.0).abs() < 1e-9, "{c:?}");
+
+    // With a minute of history, the rate is the Sent total's rise over the last minute: it
+    // still counts requests that have dropped below the watermark since they were sent.
+    sea_orm::ConnectionTrait::execute_unprepared(
+        db,
+        &format!(
+            "UPDATE send_requests SET status = 'Sent', sent_ms = {} \
+             WHERE status IN ('Queued', 'Sending', 'Retrying')",
+            t + 65_000
+        ),
+    )
+    .await
+    .unwrap();
+    let c = census.poll_at(db, t + 70_000).await.unwrap();
+    assert_eq!(c.by_status, [0, 0, 0, 12, 1, 1]);
+    assert_eq!(c.oldest_queued_ms, None);
+    let rate = c.send_rate_per_second;
+    assert!(
+        (rate - 7.0 / 60.0).abs() < 1e-9,
+        "7 sent since the poll at t+10s: {rate}"
+    );
+    // The three Queued at t-10m (sent at t+20s) now lie below the watermark.
+    let c = census.poll_at(db, t + 75_000).await.unwrap();
+    assert_eq!(c.by_status, [0, 0, 0, 12, 1, 1]);
+    let rate = c.send_rate_per_second;
+    assert!(
+        (rate - 7.0 / 65.0).abs() < 1e-9,
+        "7 sent in the 65 s since t+10s: {rate}"
+    );
+
+    // A fresh census (the one-shot `queues` report) reads the table whole: it agrees, apart from
+    // the rows changed behind the first one's back.
+    let c = Census::default().poll_at(db, t + 75_000).await.unwrap();
+    assert_eq!(c.by_status, [0, 0, 0, 7, 7, 0]);
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn census_counts_statuses_on_sqlite() {
+    census_counts(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn census_counts_statuses_on_postgres() {
+    census_counts(Backend::Postgres).await;
 }

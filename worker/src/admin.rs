@@ -11,16 +11,14 @@ use lapin::{
     types::AMQPValue,
 };
 use msgcontact::{
-    entities::send_request,
     job::{self, Topology},
+    status::SendStatus,
     time::now_ms,
 };
-use sea_orm::{
-    ColumnTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
-};
+use sea_orm::DatabaseConnection;
 use serde::Serialize;
 
-use crate::Error;
+use crate::{Error, census::Census};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct QueueDepth {
@@ -68,10 +66,13 @@ pub async fn queue_depth(conn: &Connection, queue: &str) -> Result<Option<(u32, 
     Ok(out)
 }
 
+/// One report. `census` carries the request counts between the polls of one watcher (a fresh
+/// one reads the whole table once).
 pub async fn report(
     conn: &Connection,
     db: &DatabaseConnection,
     topology: &Topology,
+    census: &mut Census,
 ) -> Result<Report, Error> {
     let mut names = vec![(topology.work_queue(), "work")];
     names.extend((0..topology.retry_delays.len()).map(|l| (topology.retry_queue(l), "retry")));
@@ -86,34 +87,15 @@ pub async fn report(
             consumers: d.map(|x| x.1),
         });
     }
-    let mut requests = Vec::new();
-    for status in [
-        "Queued",
-        "Sending",
-        "Retrying",
-        "Sent",
-        "Failed",
-        "Superseded",
-    ] {
-        let n = send_request::Entity::find()
-            .filter(send_request::Column::Status.eq(status))
-            .count(db)
-            .await?;
-        requests.push((status.to_owned(), n));
-    }
-    let now = now_ms();
-    let oldest = send_request::Entity::find()
-        .filter(send_request::Column::Status.eq("Queued"))
-        .order_by_asc(send_request::Column::AcceptedMs)
-        .one(db)
-        .await?
-        .map(|r| (now - r.accepted_ms) as f64 / 1000.0);
-    let sent_last_minute = send_request::Entity::find()
-        .filter(send_request::Column::Status.eq("Sent"))
-        .filter(send_request::Column::SentMs.gte(now - 60_000))
-        .count(db)
-        .await?;
-    let rate = sent_last_minute as f64 / 60.0;
+    let counts = census.poll(db).await?;
+    let requests = SendStatus::ALL
+        .iter()
+        .map(|s| (s.as_str().to_owned(), counts.by_status[*s as usize]))
+        .collect();
+    let oldest = counts
+        .oldest_queued_ms
+        .map(|a| (now_ms() - a) as f64 / 1000.0);
+    let rate = counts.send_rate_per_second;
     let backlog: u32 = queues
         .iter()
         .filter(|q| q.role != "dead")
@@ -309,6 +291,7 @@ pub async fn poll_depths(
     stop: tokio_util::sync::CancellationToken,
 ) {
     let mut conn: Option<Connection> = None;
+    let mut census = Census::default();
     loop {
         let poll = async {
             if conn.as_ref().is_none_or(|c| !c.status().connected()) {
@@ -317,7 +300,7 @@ pub async fn poll_depths(
                     .ok();
             }
             let Some(c) = &conn else { return };
-            match report(c, &db, &topology).await {
+            match report(c, &db, &topology, &mut census).await {
                 Ok(r) => {
                     publish_gauges(&r);
                     history.push(r);

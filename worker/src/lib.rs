@@ -8,6 +8,7 @@
 
 pub mod admin;
 mod batch;
+pub mod census;
 pub mod limits;
 pub mod provider;
 

@@ -74,8 +74,9 @@ async fn main() -> anyhow::Result<()> {
                     let db = msgcontact::db::connect(&infra.database_url, 2)
                         .await
                         .context("database")?;
+                    let mut census = msgcontact_worker::census::Census::default();
                     loop {
-                        let r = admin::report(&conn, &db, &topology).await?;
+                        let r = admin::report(&conn, &db, &topology, &mut census).await?;
                         if json {
                             println!("{}", serde_json::to_string(&r)?);
                         } else {
