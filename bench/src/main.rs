@@ -64,8 +64,8 @@ pub struct Common {
     )]
     amqp_url: String,
     /// Unacknowledged deliveries held by our worker and by baseline (b) alike (the worker's
-    /// `MSGCONTACT_PREFETCH`; 16 is its default).
-    #[arg(long, default_value_t = 16)]
+    /// `MSGCONTACT_PREFETCH`; 64 is its default).
+    #[arg(long, default_value_t = 64)]
     prefetch: u16,
     /// PostgreSQL server (a fresh database is created on it).
     #[arg(

@@ -74,7 +74,13 @@ async fn sigkill_with_a_full_prefetch_loses_nothing(backend: Backend) {
     let app = TestApp::spawn_with(backend, options()).await;
     let accepted = send_to_new_contacts(&app, 40).await;
     // Two SMS a second: the worker fills its prefetch of 16 and holds most of it in the limiter.
-    let mut worker = app.spawn_worker_process(WORKER, &[("MSGCONTACT_PROVIDER_RATE", "2")]);
+    let mut worker = app.spawn_worker_process(
+        WORKER,
+        &[
+            ("MSGCONTACT_PROVIDER_RATE", "2"),
+            ("MSGCONTACT_PREFETCH", "16"),
+        ],
+    );
     wait_until("the first SMS", 30, || !app.sms.received().is_empty()).await;
     tokio::time::sleep(Duration::from_millis(700)).await;
     sigkill(&mut worker);
