@@ -161,6 +161,15 @@ mod busy {
     }
 }
 
+/// The `n`th (from 1) bind placeholder of a hand-written statement: PostgreSQL numbers them,
+/// SQLite's `?` takes the values in order.
+pub fn placeholder(backend: DbBackend, n: usize) -> String {
+    match backend {
+        DbBackend::Postgres => format!("${n}"),
+        _ => "?".to_owned(),
+    }
+}
+
 /// Statements that travel together. SQLite takes a script of several statements in one call to
 /// its connection's thread: a group commit then pays one hand-off per script instead of one per
 /// statement (measured on 2 cores under load, each hand-off cost 100–300 µs of waiting for the

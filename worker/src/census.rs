@@ -11,8 +11,8 @@
 
 use std::collections::VecDeque;
 
-use msgcontact::{domain::RequestId, status::SendStatus, time::now_ms};
-use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement};
+use msgcontact::{db::placeholder, domain::RequestId, status::SendStatus, time::now_ms};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr, Statement};
 
 /// How far the watermark trails the oldest live request. A request row becomes visible when its
 /// batch commits, a little after its id was minted, and API hosts' clocks differ slightly: a row
@@ -58,10 +58,7 @@ impl Census {
     /// A poll as of `now` (epoch ms), which must not go back between polls.
     pub async fn poll_at(&mut self, db: &DatabaseConnection, now: i64) -> Result<Counts, DbErr> {
         let backend = db.get_database_backend();
-        let p = |n: usize| match backend {
-            DbBackend::Postgres => format!("${n}"),
-            _ => "?".to_owned(),
-        };
+        let p = |n| placeholder(backend, n);
         // The ids in [watermark, next) are tagged so they can be settled in the same read.
         let sql = format!(
             "SELECT status, \

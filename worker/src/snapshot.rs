@@ -9,9 +9,9 @@
 
 use std::collections::HashMap;
 
-use msgcontact::{entities::send_request, status::verification as vstatus};
+use msgcontact::{db::placeholder, entities::send_request, status::verification as vstatus};
 use sea_orm::{
-    ConnectionTrait, DatabaseConnection, DbBackend, DbErr, FromQueryResult, QueryResult, Statement,
+    ConnectionTrait, DatabaseConnection, DbErr, FromQueryResult, QueryResult, Statement,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -79,10 +79,7 @@ impl Snapshot {
 async fn load_many(db: &DatabaseConnection, ids: &[&str]) -> Result<Vec<Snapshot>, DbErr> {
     let backend = db.get_database_backend();
     let params = (1..=ids.len())
-        .map(|n| match backend {
-            DbBackend::Postgres => format!("${n}"),
-            _ => "?".to_owned(),
-        })
+        .map(|n| placeholder(backend, n))
         .collect::<Vec<_>>()
         .join(", ");
     // Every join is on a primary key or a unique index, the supersede test a range of the
