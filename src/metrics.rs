@@ -2,9 +2,10 @@
 //!
 //! Metric names are an interface (dashboards and alerts depend on them); they are all spelled here.
 
-use std::sync::OnceLock;
+use std::{sync::OnceLock, time::Duration};
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio_util::sync::CancellationToken;
 
 pub const API_REQUESTS: &str = "msgcontact_api_requests_total";
 pub const API_DURATION: &str = "msgcontact_api_request_duration_seconds";
@@ -42,6 +43,25 @@ pub fn handle() -> PrometheusHandle {
             handle
         })
         .clone()
+}
+
+/// How often [`upkeep`] folds the histograms' pending samples into their buckets.
+pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Folds the histograms' pending samples into their buckets every [`UPKEEP_INTERVAL`] until
+/// `stop`. The recorder keeps every recorded sample until a scrape or an upkeep drains it, and
+/// `build_recorder` leaves the upkeep to its owner: without this loop a process that nobody scrapes
+/// grows by every request's samples (seen under held load: the API +2 MiB a minute at 200 req/s).
+pub async fn upkeep(stop: CancellationToken) {
+    let handle = handle();
+    let mut tick = tokio::time::interval(UPKEEP_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tick.tick() => handle.run_upkeep(),
+        }
+    }
 }
 
 /// Renders the Prometheus text exposition.

@@ -194,6 +194,7 @@ impl Application {
                 }
             })
         });
+        let upkeep = tokio::spawn(msgcontact::metrics::upkeep(shutdown.clone()));
         let poller = tokio::spawn(msgcontact_worker::admin::poll_depths(
             self.amqp_url.clone(),
             state.db.clone(),
@@ -224,6 +225,7 @@ impl Application {
             let _ = checkpointer.await;
         }
         let _ = poller.await;
+        let _ = upkeep.await;
         let _ = supervisor.await;
         state.publisher.close().await;
         if let Some(e) = lost.lock().unwrap_or_else(|p| p.into_inner()).take() {

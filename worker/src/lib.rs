@@ -410,6 +410,7 @@ impl Application {
             .route("/readyz", get(readyz))
             .route("/metrics", get(|| async { msgcontact::metrics::render() }))
             .with_state(health);
+        let upkeep = tokio::spawn(msgcontact::metrics::upkeep(shutdown.clone()));
         let poller = tokio::spawn(admin::poll_depths(
             self.amqp_url.clone(),
             self.shared.db.clone(),
@@ -558,6 +559,7 @@ impl Application {
         let _ = tokio::time::timeout(Duration::from_secs(30), tracker.wait()).await;
         let _ = http.await;
         let _ = poller.await;
+        let _ = upkeep.await;
         let _ = housekeeping.await;
         if let Some(e) = lost {
             tracing::error!(error = %e, "worker stopped: broker lost");
