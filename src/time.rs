@@ -21,3 +21,25 @@ pub fn utc_day(ms: i64) -> String {
         .format("%Y-%m-%d")
         .to_string()
 }
+
+/// Runs `task` every `period` until `stop`; a tick missed while the task ran is not made up.
+pub fn every<F, Fut>(
+    period: std::time::Duration,
+    stop: tokio_util::sync::CancellationToken,
+    mut task: F,
+) -> tokio::task::JoinHandle<()>
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tick.tick() => task().await,
+            }
+        }
+    })
+}

@@ -169,7 +169,7 @@ impl Application {
 
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), Error> {
         let state = self.state.clone();
-        let purger = every(Duration::from_secs(60), shutdown.clone(), {
+        let purger = msgcontact::time::every(Duration::from_secs(60), shutdown.clone(), {
             let db = state.db.clone();
             move || {
                 let db = db.clone();
@@ -185,7 +185,7 @@ impl Application {
         let sqlite = state.db.get_database_backend() == sea_orm::DbBackend::Sqlite;
         let checkpointer = sqlite.then(|| {
             let db = state.db.clone();
-            every(Duration::from_millis(100), shutdown.clone(), move || {
+            msgcontact::time::every(Duration::from_millis(100), shutdown.clone(), move || {
                 let db = db.clone();
                 async move {
                     if let Err(e) = msgcontact::db::checkpoint(&db).await {
@@ -194,7 +194,7 @@ impl Application {
                 }
             })
         });
-        let upkeep = tokio::spawn(msgcontact::metrics::upkeep(shutdown.clone()));
+        let upkeep = msgcontact::metrics::upkeep(shutdown.clone());
         let poller = tokio::spawn(msgcontact_worker::admin::poll_depths(
             self.amqp_url.clone(),
             state.db.clone(),
@@ -235,28 +235,6 @@ impl Application {
         tracing::info!("API stopped");
         Ok(())
     }
-}
-
-/// Runs `task` every `period` until `stop`; a tick missed while the task ran is not made up.
-fn every<F, Fut>(
-    period: Duration,
-    stop: CancellationToken,
-    mut task: F,
-) -> tokio::task::JoinHandle<()>
-where
-    F: FnMut() -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = ()> + Send,
-{
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(period);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => break,
-                _ = tick.tick() => task().await,
-            }
-        }
-    })
 }
 
 pub fn router(state: Arc<AppState>) -> Router {

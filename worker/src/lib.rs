@@ -410,7 +410,7 @@ impl Application {
             .route("/readyz", get(readyz))
             .route("/metrics", get(|| async { msgcontact::metrics::render() }))
             .with_state(health);
-        let upkeep = tokio::spawn(msgcontact::metrics::upkeep(shutdown.clone()));
+        let upkeep = msgcontact::metrics::upkeep(shutdown.clone());
         let poller = tokio::spawn(admin::poll_depths(
             self.amqp_url.clone(),
             self.shared.db.clone(),
