@@ -10,17 +10,30 @@
 
 use std::time::Duration;
 
-use lapin::{Connection, ConnectionProperties};
+use lapin::{Connection, ConnectionProperties, uri::AMQPUri};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// A broker that accepts TCP but never finishes the handshake must not hang startup.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// Connects once, within [`CONNECT_TIMEOUT`].
+/// The largest frame we ask the broker for, unless the URL names its own (`?frame_max=`).
+///
+/// lapin keeps a receive and a send ring of 32 frames per connection, each allocated at the
+/// negotiated size: at RabbitMQ's default of 128 KiB that is 8 MiB per connection, every byte
+/// zeroed and resident, for jobs that are a few hundred bytes (a body larger than a frame is simply
+/// split). 16 KiB keeps headroom for the headers a dead-lettered message gathers (`x-death`).
+pub const DEFAULT_FRAME_MAX: u32 = 16 * 1024;
+
+/// Connects once, within [`CONNECT_TIMEOUT`], asking for [`DEFAULT_FRAME_MAX`] unless the URL
+/// names a `frame_max`.
 pub async fn connect(url: &str, name: &str) -> Result<Connection, lapin::Error> {
+    let mut uri: AMQPUri = url
+        .parse()
+        .map_err(|e: String| lapin::Error::from(std::io::Error::other(e)))?;
+    uri.query.frame_max.get_or_insert(DEFAULT_FRAME_MAX);
     let props = ConnectionProperties::default().with_connection_name(name.into());
-    tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(url, props))
+    tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect_uri(uri, props))
         .await
         .map_err(|_| {
             lapin::Error::from(lapin::ErrorKind::IOError(std::sync::Arc::new(

@@ -495,3 +495,29 @@ async fn dead_letters_can_be_listed_and_replayed(backend: Backend) {
     assert_invariants(&app, &[rid]).await;
     app.cleanup().await;
 }
+
+/// Connections ask the broker for small frames (lapin keeps 64 frames of buffer per connection at
+/// the negotiated size), and a `frame_max` the operator put in the URL wins.
+#[tokio::test]
+async fn broker_connections_negotiate_small_frames() {
+    let url = common::amqp_url();
+    let conn = msgcontact::amqp::connect(&url, "test-frames")
+        .await
+        .unwrap();
+    assert_eq!(
+        conn.configuration().frame_max(),
+        msgcontact::amqp::DEFAULT_FRAME_MAX
+    );
+    let _ = conn.close(200, "bye".into()).await;
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let conn = msgcontact::amqp::connect(&format!("{url}{sep}frame_max=65536"), "test-frames")
+        .await
+        .unwrap();
+    assert_eq!(conn.configuration().frame_max(), 65536);
+    let _ = conn.close(200, "bye".into()).await;
+    assert!(
+        msgcontact::amqp::connect("not a url", "test-frames")
+            .await
+            .is_err()
+    );
+}
