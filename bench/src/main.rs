@@ -539,6 +539,21 @@ async fn e2e(a: E2eArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Resolves on Ctrl-C or SIGTERM.
+async fn interrupted() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
 async fn held(a: HeldArgs) -> anyhow::Result<()> {
     let c = &a.common;
     let offered = a.offered as f64;
@@ -572,10 +587,22 @@ async fn held(a: HeldArgs) -> anyhow::Result<()> {
         "depth",
         "SMS"
     );
+    // A held run is long: one cut short (Ctrl-C, or a timeout's SIGTERM) still removes its
+    // queues, whose backlog would otherwise sit in the broker, and its database.
+    let stop = interrupted();
+    tokio::pin!(stop);
     let started = Instant::now();
     let mut total_ok = 0u64;
     for minute in 1..=minutes {
-        let s: Stats = load::open_loop(&target, offered, Duration::from_secs(60)).await;
+        let s: Stats = tokio::select! {
+            s = load::open_loop(&target, offered, Duration::from_secs(60)) => s,
+            _ = &mut stop => {
+                println!("interrupted in minute {minute}: removing the queues and the database");
+                stack.stop().await;
+                provider.stop().await;
+                return Ok(());
+            }
+        };
         total_ok += s.ok;
         let depth = stack.work_depth().await.unwrap_or(0);
         println!(
@@ -619,7 +646,13 @@ async fn held(a: HeldArgs) -> anyhow::Result<()> {
             println!("drain did not finish within {} min", a.drain_minutes);
             break;
         }
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            _ = &mut stop => {
+                println!("interrupted during the drain");
+                break;
+            }
+        }
     }
     let summary = stack.outcome_summary().await?;
     println!(
