@@ -96,7 +96,7 @@ async fn serve(args: Cli) -> anyhow::Result<()> {
     let stop = shutdown.clone();
     tracker.spawn(async move {
         tokio::select! {
-            _ = shutdown_signal() => stop.cancel(),
+            _ = msgcontact::signal::shutdown() => stop.cancel(),
             _ = stop.cancelled() => {}
         }
     });
@@ -110,19 +110,4 @@ async fn serve(args: Cli) -> anyhow::Result<()> {
         "the in-process worker failed"
     );
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {},
-            _ = term.recv() => {},
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }

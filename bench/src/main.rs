@@ -539,21 +539,6 @@ async fn e2e(a: E2eArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
-async fn interrupted() {
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-}
-
 async fn held(a: HeldArgs) -> anyhow::Result<()> {
     let c = &a.common;
     let offered = a.offered as f64;
@@ -589,7 +574,7 @@ async fn held(a: HeldArgs) -> anyhow::Result<()> {
     );
     // A held run is long: one cut short (Ctrl-C, or a timeout's SIGTERM) still removes its
     // queues, whose backlog would otherwise sit in the broker, and its database.
-    let stop = interrupted();
+    let stop = msgcontact::signal::shutdown();
     tokio::pin!(stop);
     let started = Instant::now();
     let mut total_ok = 0u64;

@@ -121,12 +121,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
     tokio::spawn(async move {
-        let ctrl_c = tokio::signal::ctrl_c();
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
         tokio::select! {
-            _ = ctrl_c => {},
-            _ = term.recv() => {},
+            _ = msgcontact::signal::shutdown() => {},
             _ = stop.cancelled() => {},
         }
         stop.cancel();
