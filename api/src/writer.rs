@@ -1,9 +1,10 @@
 //! Group commit for the accept path: concurrent requests' key checks, nonce records and send
 //! reservations are applied by one writer task in shared transactions of a fixed number of
 //! statements, so a burst of sends costs one commit and a handful of statements per batch instead of
-//! several round trips per request, and SQLite never sees the API's writers compete. The batch's
-//! reads go as one script and its writes as another ([`Script`]): on SQLite a batch is four calls
-//! to the connection's thread whatever its size.
+//! several round trips per request, and SQLite never sees the API's writers compete. On SQLite the
+//! batch's reads go as one script and its writes as another ([`Script`]): four calls to the
+//! connection's thread whatever its size. On PostgreSQL three statements of fixed text take the
+//! batch's values as arrays: five round trips whatever its size, each statement prepared once.
 //!
 //! Every limit stays exact: the batch reads its counter and contact rows locked (on SQLite the
 //! transaction holds the database's write lock), decides each send in arrival order against those
@@ -27,9 +28,7 @@ use sea_orm::{
     ActiveValue::Set,
     ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait, QueryFilter,
     QueryResult, QueryTrait,
-    sea_query::{
-        Expr, ExprTrait, InsertStatement, LockType, OnConflict, Order, Query, SelectStatement,
-    },
+    sea_query::{Expr, ExprTrait, InsertStatement, OnConflict, Query, SelectStatement},
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -208,63 +207,313 @@ fn nonce_of(op: &Op) -> Option<&NonceKey> {
     }
 }
 
-/// One transaction for the whole batch in four calls whatever its size: it begins; one script
-/// reads everything the batch decides on (the keys' status, the nonces it records, the counters
-/// with the accounts' limits and the contacts, the counter and contact rows locked); every check
-/// is decided in memory in arrival order; one script writes the counters, the contacts' cooldown
-/// slots and the new request rows; it commits.
+/// What a batch asks of the database, gathered before anything runs.
+struct Plan<'a> {
+    results: Vec<Result<(), ApiError>>,
+    /// The keys whose nonces or sends the batch records.
+    key_ids: BTreeSet<&'a str>,
+    /// The nonces to record, each once; one repeated within the batch is refused already.
+    fresh: Vec<&'a NonceKey>,
+    /// Kept past the timestamp window on both sides: a replay with the same nonce is either
+    /// caught by its row or rejected as expired.
+    nonce_expires_ms: i64,
+    /// The sends still to decide (a send refused for its nonce is not), in arrival order.
+    sends: Vec<(usize, &'a Reservation)>,
+    /// Their (account, day) counters and their contacts, in key order: the order they are locked.
+    groups: BTreeSet<(&'a str, &'a str)>,
+    contact_ids: BTreeSet<&'a str>,
+}
+
+impl<'a> Plan<'a> {
+    fn of(batch: &'a [Job]) -> Self {
+        let mut results: Vec<Result<(), ApiError>> = vec![Ok(()); batch.len()];
+        let mut seen = HashSet::new();
+        let mut fresh = Vec::new();
+        for (i, job) in batch.iter().enumerate() {
+            if let Some(n) = nonce_of(&job.op) {
+                if seen.insert((n.access_key_id.as_str(), n.nonce.as_str())) {
+                    fresh.push(n);
+                } else {
+                    results[i] = Err(ApiError::SignatureNonceUsed);
+                }
+            }
+        }
+        let sends: Vec<(usize, &Reservation)> = batch
+            .iter()
+            .enumerate()
+            .filter_map(|(i, j)| match &j.op {
+                Op::Send { reservation, .. } if results[i].is_ok() => Some((i, reservation)),
+                _ => None,
+            })
+            .collect();
+        Self {
+            key_ids: fresh.iter().map(|n| n.access_key_id.as_str()).collect(),
+            groups: sends
+                .iter()
+                .map(|(_, r)| (r.account_id.as_str(), r.day.as_str()))
+                .collect(),
+            contact_ids: sends.iter().map(|(_, r)| r.contact_id.as_str()).collect(),
+            results,
+            fresh,
+            nonce_expires_ms: msgcontact::time::now_ms() + 2 * MAX_SKEW_MS,
+            sends,
+        }
+    }
+
+    /// Refuses what the reads showed: a key disabled since authentication read its cached copy,
+    /// a nonce already recorded. Then decides every remaining send in arrival order.
+    fn decide(&mut self, batch: &[Job], read: &mut Read) -> Reserved<'a> {
+        for (i, job) in batch.iter().enumerate() {
+            if let Some(n) = nonce_of(&job.op)
+                && self.results[i].is_ok()
+            {
+                if !read.active_keys.contains(&n.access_key_id) {
+                    self.results[i] = Err(ApiError::AccessKeyInactive);
+                } else if !read
+                    .fresh_nonces
+                    .remove(&(n.access_key_id.clone(), n.nonce.clone()))
+                {
+                    self.results[i] = Err(ApiError::SignatureNonceUsed);
+                }
+            }
+        }
+        let start = read.counts.clone();
+        let mut reserved = Reserved::default();
+        for &(i, r) in &self.sends {
+            if self.results[i].is_err() {
+                continue;
+            }
+            let outcome = decide(r, &read.limits, &mut read.counts, &mut read.contacts);
+            if outcome.is_ok() {
+                reserved.claimed.insert(r.contact_id.as_str(), r.now_ms);
+                reserved.rows.push(r);
+            }
+            self.results[i] = outcome;
+        }
+        for ((account, day), count) in &read.counts {
+            let taken = count
+                - start
+                    .get(&(account.clone(), day.clone()))
+                    .copied()
+                    .unwrap_or(0);
+            if taken > 0 {
+                reserved.taken.push((account.clone(), day.clone(), taken));
+            }
+        }
+        reserved
+    }
+}
+
+/// What a batch's accepted sends take, to be written back before it commits.
+#[derive(Default)]
+struct Reserved<'a> {
+    /// Quota units taken per (account, day) counter.
+    taken: Vec<(String, String, i32)>,
+    /// Cooldown slots claimed, each with its own send time (a failed publish gives a slot back
+    /// only if it still holds that time).
+    claimed: BTreeMap<&'a str, i64>,
+    /// The new request rows.
+    rows: Vec<&'a Reservation>,
+}
+
+/// One transaction for the whole batch in a fixed number of round trips whatever its size, on
+/// either database: it begins; the reads take everything the batch decides on, the counter and
+/// contact rows locked; every check is decided in memory in arrival order; the writes put back
+/// the counters, the contacts' cooldown slots and the new request rows; it commits.
 async fn apply(
     db: &DatabaseConnection,
     batch: &[Job],
     counters: &HashSet<(String, String)>,
 ) -> Result<Applied, DbErr> {
-    let backend = db.get_database_backend();
     let txn = crate::write_txn(db)
         .await
         .map_err(|e| DbErr::Custom(e.to_string()))?;
-    let mut results: Vec<Result<(), ApiError>> = vec![Ok(()); batch.len()];
-    let mut reads = Script::new(backend);
+    let mut plan = Plan::of(batch);
+    let (mut read, ensured) = match db.get_database_backend() {
+        DbBackend::Postgres => (pg::read(&txn, &plan).await?, Vec::new()),
+        backend => scripted::read(&txn, backend, &plan, counters).await?,
+    };
+    let reserved = plan.decide(batch, &mut read);
+    match db.get_database_backend() {
+        DbBackend::Postgres => pg::write(&txn, &reserved).await?,
+        backend => scripted::write(backend, &reserved).run(&txn).await?,
+    }
+    txn.commit().await?;
+    Ok((plan.results, ensured))
+}
 
-    // Keys: authentication used a cached copy of the key, so a key disabled since is refused here,
-    // inside the transaction that would spend its nonce or quota.
-    let key_ids: BTreeSet<&str> = batch
-        .iter()
-        .filter_map(|j| nonce_of(&j.op))
-        .map(|n| n.access_key_id.as_str())
-        .collect();
-    if !key_ids.is_empty() {
-        reads.push(
-            &Query::select()
-                .expr(tag(KEY))
-                .column(access_key::Column::AccessKeyId)
-                .from(access_key::Entity)
-                .and_where(access_key::Column::AccessKeyId.is_in(key_ids.iter().copied()))
-                .and_where(access_key::Column::Status.eq(status::access_key::ACTIVE))
-                .to_owned(),
-        );
+/// The batch on PostgreSQL: three statements of fixed text whose values travel as arrays, so
+/// each is parsed and planned once per connection and costs one round trip whatever the batch's
+/// size (statements built for the batch at hand had a new text for every batch size: each cost
+/// another round trip to be prepared and pushed others out of the connection's statement cache).
+mod pg {
+    use super::*;
+    use sea_orm::{DatabaseTransaction, Statement, Value};
+
+    /// The nonces recorded (those that come back were fresh), the keys still active, and the
+    /// batch's counters, created where missing and locked in key order: an upsert that sets a
+    /// counter to itself locks the row, new or not, and returns its latest committed count.
+    const READ: &str = r#"
+WITH fresh AS (
+    INSERT INTO signature_nonces (access_key_id, nonce, expires_ms)
+    SELECT k, n, $3::bigint FROM unnest($1::text[], $2::text[]) AS t(k, n)
+    ON CONFLICT (access_key_id, nonce) DO NOTHING
+    RETURNING access_key_id, nonce
+), counted AS (
+    INSERT INTO daily_counters (account_id, day, count)
+    SELECT a, d, 0 FROM unnest($5::text[], $6::text[]) AS t(a, d) ORDER BY a, d
+    ON CONFLICT (account_id, day) DO UPDATE SET count = daily_counters.count
+    RETURNING account_id, day, count
+)
+SELECT 'key'::text, access_key_id::text, NULL::text, NULL::integer, NULL::integer
+    FROM access_keys WHERE access_key_id = ANY($4::text[]) AND status = $7
+UNION ALL
+SELECT 'nonce', access_key_id, nonce, NULL, NULL FROM fresh
+UNION ALL
+SELECT 'counter', c.account_id, c.day, c.count, a.daily_limit
+    FROM counted c LEFT JOIN accounts a ON a.account_id = c.account_id"#;
+
+    /// The batch's contacts, locked after the counters and in key order, as everywhere.
+    const CONTACTS: &str = r#"
+SELECT 'contact'::text, contact_id, account_id, phone, pending_phone, last_send_ms
+    FROM contacts WHERE contact_id = ANY($1::text[]) ORDER BY contact_id FOR UPDATE"#;
+
+    const WRITE: &str = r#"
+WITH counted AS (
+    UPDATE daily_counters SET count = daily_counters.count + t.n
+    FROM unnest($1::text[], $2::text[], $3::integer[]) AS t(a, d, n)
+    WHERE daily_counters.account_id = t.a AND daily_counters.day = t.d
+), slots AS (
+    UPDATE contacts SET last_send_ms = t.ms
+    FROM unnest($4::text[], $5::bigint[]) AS t(id, ms)
+    WHERE contacts.contact_id = t.id
+)
+INSERT INTO send_requests (request_id, account_id, contact_id, phone, status, attempts,
+    ambiguous_attempts, day, accepted_ms, updated_ms)
+SELECT r, a, c, p, $6::text, 0, 0, d, ms, ms
+    FROM unnest($7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::bigint[])
+    AS t(r, a, c, p, d, ms)"#;
+
+    fn texts<'s>(items: impl IntoIterator<Item = &'s str>) -> Value {
+        items
+            .into_iter()
+            .map(str::to_owned)
+            .collect::<Vec<String>>()
+            .into()
     }
 
-    // Nonces: the rows that come back inserted are fresh; a nonce already recorded, or repeated
-    // within this batch, is a replay.
-    let mut seen = HashSet::new();
-    let mut fresh_rows = Vec::new();
-    for (i, job) in batch.iter().enumerate() {
-        if let Some(n) = nonce_of(&job.op) {
-            if seen.insert((n.access_key_id.as_str(), n.nonce.as_str())) {
-                fresh_rows.push(signature_nonce::ActiveModel {
-                    access_key_id: Set(n.access_key_id.clone()),
-                    nonce: Set(n.nonce.clone()),
-                    // Kept past the timestamp window on both sides: a replay with the same nonce
-                    // is either caught here or rejected as expired.
-                    expires_ms: Set(msgcontact::time::now_ms() + 2 * MAX_SKEW_MS),
-                });
-            } else {
-                results[i] = Err(ApiError::SignatureNonceUsed);
+    fn statement(sql: &str, values: Vec<Value>) -> Statement {
+        Statement::from_sql_and_values(DbBackend::Postgres, sql, values)
+    }
+
+    pub(super) async fn read(txn: &DatabaseTransaction, plan: &Plan<'_>) -> Result<Read, DbErr> {
+        let mut read = Read::default();
+        let rows = txn
+            .query_all_raw(statement(
+                READ,
+                vec![
+                    texts(plan.fresh.iter().map(|n| n.access_key_id.as_str())),
+                    texts(plan.fresh.iter().map(|n| n.nonce.as_str())),
+                    plan.nonce_expires_ms.into(),
+                    texts(plan.key_ids.iter().copied()),
+                    texts(plan.groups.iter().map(|(a, _)| *a)),
+                    texts(plan.groups.iter().map(|(_, d)| *d)),
+                    status::access_key::ACTIVE.into(),
+                ],
+            ))
+            .await?;
+        for row in &rows {
+            read.take(row)?;
+        }
+        if !plan.contact_ids.is_empty() {
+            let rows = txn
+                .query_all_raw(statement(
+                    CONTACTS,
+                    vec![texts(plan.contact_ids.iter().copied())],
+                ))
+                .await?;
+            for row in &rows {
+                read.take(row)?;
             }
         }
+        Ok(read)
     }
-    if !fresh_rows.is_empty() {
-        let mut insert = signature_nonce::Entity::insert_many(fresh_rows)
+
+    pub(super) async fn write(
+        txn: &DatabaseTransaction,
+        reserved: &Reserved<'_>,
+    ) -> Result<(), DbErr> {
+        if reserved.rows.is_empty() {
+            return Ok(());
+        }
+        let rows = &reserved.rows;
+        txn.execute_raw(statement(
+            WRITE,
+            vec![
+                texts(reserved.taken.iter().map(|(a, _, _)| a.as_str())),
+                texts(reserved.taken.iter().map(|(_, d, _)| d.as_str())),
+                reserved
+                    .taken
+                    .iter()
+                    .map(|(_, _, n)| *n)
+                    .collect::<Vec<i32>>()
+                    .into(),
+                texts(reserved.claimed.keys().copied()),
+                reserved
+                    .claimed
+                    .values()
+                    .copied()
+                    .collect::<Vec<i64>>()
+                    .into(),
+                SendStatus::Queued.as_str().into(),
+                texts(rows.iter().map(|r| r.request_id.as_str())),
+                texts(rows.iter().map(|r| r.account_id.as_str())),
+                texts(rows.iter().map(|r| r.contact_id.as_str())),
+                texts(rows.iter().map(|r| r.phone.as_str())),
+                texts(rows.iter().map(|r| r.day.as_str())),
+                rows.iter().map(|r| r.now_ms).collect::<Vec<i64>>().into(),
+            ],
+        ))
+        .await?;
+        Ok(())
+    }
+}
+
+/// The batch on SQLite: the reads as one script and the writes as another ([`Script`]), each one
+/// call to the connection's thread whatever the batch's size.
+mod scripted {
+    use super::*;
+    use sea_orm::DatabaseTransaction;
+
+    /// Reads everything the batch decides on, creating the counters it believes may not exist
+    /// yet; returns those so the writer remembers them.
+    pub(super) async fn read(
+        txn: &DatabaseTransaction,
+        backend: DbBackend,
+        plan: &Plan<'_>,
+        counters: &HashSet<(String, String)>,
+    ) -> Result<(Read, Vec<(String, String)>), DbErr> {
+        let mut reads = Script::new(backend);
+        if !plan.key_ids.is_empty() {
+            reads.push(
+                &Query::select()
+                    .expr(tag(KEY))
+                    .column(access_key::Column::AccessKeyId)
+                    .from(access_key::Entity)
+                    .and_where(access_key::Column::AccessKeyId.is_in(plan.key_ids.iter().copied()))
+                    .and_where(access_key::Column::Status.eq(status::access_key::ACTIVE))
+                    .to_owned(),
+            );
+        }
+        // The rows that come back inserted are fresh; a nonce already recorded is a replay.
+        if !plan.fresh.is_empty() {
+            let mut insert = signature_nonce::Entity::insert_many(plan.fresh.iter().map(|n| {
+                signature_nonce::ActiveModel {
+                    access_key_id: Set(n.access_key_id.clone()),
+                    nonce: Set(n.nonce.clone()),
+                    expires_ms: Set(plan.nonce_expires_ms),
+                }
+            }))
             .on_conflict(
                 OnConflict::columns([
                     signature_nonce::Column::AccessKeyId,
@@ -274,88 +523,53 @@ async fn apply(
                 .to_owned(),
             )
             .into_query();
-        insert.returning(Query::returning().exprs([
-            tag(NONCE),
-            Expr::col(signature_nonce::Column::AccessKeyId),
-            Expr::col(signature_nonce::Column::Nonce),
-        ]));
-        reads.push(&insert);
-    }
-
-    // Sends: their counters (created first where they may not exist yet: a missing row cannot be
-    // locked), then their contacts, both locked in key order: two API processes' batches queue on
-    // the same rows in the same order. On SQLite the `BEGIN IMMEDIATE` write lock does the same
-    // for the whole database. A send refused above (a replayed nonce) is read for but not decided.
-    let sends: Vec<(usize, &Reservation)> = batch
-        .iter()
-        .enumerate()
-        .filter_map(|(i, j)| match &j.op {
-            Op::Send { reservation, .. } if results[i].is_ok() => Some((i, reservation)),
-            _ => None,
-        })
-        .collect();
-    let groups: BTreeSet<(&str, &str)> = sends
-        .iter()
-        .map(|(_, r)| (r.account_id.as_str(), r.day.as_str()))
-        .collect();
-    let mut ensured = Vec::new();
-    if !sends.is_empty() {
-        let unknown: Vec<(&str, &str)> = groups
-            .iter()
-            .filter(|(a, d)| !counters.contains(&((*a).to_owned(), (*d).to_owned())))
-            .copied()
-            .collect();
-        if !unknown.is_empty() {
-            reads.push(&ensure_counters(&unknown));
-            ensured.extend(
-                unknown
-                    .iter()
-                    .map(|(a, d)| ((*a).to_owned(), (*d).to_owned())),
+            insert.returning(Query::returning().exprs([
+                tag(NONCE),
+                Expr::col(signature_nonce::Column::AccessKeyId),
+                Expr::col(signature_nonce::Column::Nonce),
+            ]));
+            reads.push(&insert);
+        }
+        // Counters (created first where they may not exist yet: a missing row cannot be read
+        // back), then contacts. The `BEGIN IMMEDIATE` write lock serializes whole batches.
+        let mut ensured = Vec::new();
+        if !plan.sends.is_empty() {
+            let unknown: Vec<(&str, &str)> = plan
+                .groups
+                .iter()
+                .filter(|(a, d)| !counters.contains(&((*a).to_owned(), (*d).to_owned())))
+                .copied()
+                .collect();
+            if !unknown.is_empty() {
+                reads.push(&ensure_counters(&unknown));
+                ensured.extend(
+                    unknown
+                        .iter()
+                        .map(|(a, d)| ((*a).to_owned(), (*d).to_owned())),
+                );
+            }
+            reads.push(&counters_of(&plan.groups));
+            reads.push(
+                &Query::select()
+                    .expr(tag(CONTACT))
+                    .columns([
+                        contact::Column::ContactId,
+                        contact::Column::AccountId,
+                        contact::Column::Phone,
+                        contact::Column::PendingPhone,
+                        contact::Column::LastSendMs,
+                    ])
+                    .from(contact::Entity)
+                    .and_where(contact::Column::ContactId.is_in(plan.contact_ids.iter().copied()))
+                    .to_owned(),
             );
         }
-        reads.push(&lock_counters(&groups));
-        let contact_ids: BTreeSet<&str> =
-            sends.iter().map(|(_, r)| r.contact_id.as_str()).collect();
-        reads.push(
-            &Query::select()
-                .expr(tag(CONTACT))
-                .columns([
-                    contact::Column::ContactId,
-                    contact::Column::AccountId,
-                    contact::Column::Phone,
-                    contact::Column::PendingPhone,
-                    contact::Column::LastSendMs,
-                ])
-                .from(contact::Entity)
-                .and_where(contact::Column::ContactId.is_in(contact_ids.iter().copied()))
-                .order_by(contact::Column::ContactId, Order::Asc)
-                .lock(LockType::Update)
-                .to_owned(),
-        );
-    }
-
-    let mut read = Read::default();
-    for row in reads.rows(&txn).await? {
-        read.take(&row)?;
-    }
-
-    for (i, job) in batch.iter().enumerate() {
-        if let Some(n) = nonce_of(&job.op)
-            && results[i].is_ok()
-        {
-            if !read.active_keys.contains(&n.access_key_id) {
-                results[i] = Err(ApiError::AccessKeyInactive);
-            } else if !read
-                .fresh_nonces
-                .remove(&(n.access_key_id.clone(), n.nonce.clone()))
-            {
-                results[i] = Err(ApiError::SignatureNonceUsed);
-            }
+        let mut read = Read::default();
+        for row in reads.rows(txn).await? {
+            read.take(&row)?;
         }
-    }
-
-    if !sends.is_empty() {
-        let missing: Vec<(&str, &str)> = groups
+        let missing: Vec<(&str, &str)> = plan
+            .groups
             .iter()
             .filter(|(a, d)| {
                 !read
@@ -366,22 +580,55 @@ async fn apply(
             .collect();
         if !missing.is_empty() {
             // A row believed to exist was purged since (a new day's housekeeping): create it
-            // again, then read (and lock) the counters once more.
+            // again, then read the counters once more.
             txn.execute(&ensure_counters(&missing)).await?;
             read.counts.clear();
-            for row in txn.query_all(&lock_counters(&groups)).await? {
+            for row in txn.query_all(&counters_of(&plan.groups)).await? {
                 read.take(&row)?;
             }
         }
-        let sends: Vec<(usize, &Reservation)> = sends
-            .into_iter()
-            .filter(|(i, _)| results[*i].is_ok())
-            .collect();
-        let writes = reserve_all(backend, &sends, &mut read, &mut results);
-        writes.run(&txn).await?;
+        Ok((read, ensured))
     }
-    txn.commit().await?;
-    Ok((results, ensured))
+
+    /// One update per counter that changed, one for every cooldown slot taken, one insert of
+    /// the new request rows.
+    pub(super) fn write(backend: DbBackend, reserved: &Reserved<'_>) -> Script {
+        let mut writes = Script::new(backend);
+        for (account, day, taken) in &reserved.taken {
+            writes.push(
+                &daily_counter::Entity::update_many()
+                    .col_expr(
+                        daily_counter::Column::Count,
+                        Expr::col(daily_counter::Column::Count).add(*taken),
+                    )
+                    .filter(daily_counter::Column::AccountId.eq(account.as_str()))
+                    .filter(daily_counter::Column::Day.eq(day.as_str()))
+                    .into_query(),
+            );
+        }
+        if let Some((first, at)) = reserved.claimed.first_key_value() {
+            let mut slot = Expr::case(Expr::col(contact::Column::ContactId).eq(*first), *at);
+            for (id, at) in reserved.claimed.iter().skip(1) {
+                slot = slot.case(Expr::col(contact::Column::ContactId).eq(*id), *at);
+            }
+            writes.push(
+                &contact::Entity::update_many()
+                    .col_expr(
+                        contact::Column::LastSendMs,
+                        slot.finally(Expr::col(contact::Column::LastSendMs)).into(),
+                    )
+                    .filter(contact::Column::ContactId.is_in(reserved.claimed.keys().copied()))
+                    .into_query(),
+            );
+        }
+        if !reserved.rows.is_empty() {
+            writes.push(
+                &send_request::Entity::insert_many(reserved.rows.iter().map(|r| request_row(r)))
+                    .into_query(),
+            );
+        }
+        writes
+    }
 }
 
 /// Tags on the rows of the read script, so each row is told apart from the others by its first
@@ -451,74 +698,6 @@ impl Read {
     }
 }
 
-/// The quota and cooldown of a batch's sends, each decided exactly as a lone request would be
-/// against the rows read (and locked) for the batch, and the script that writes the result back:
-/// one update per counter that changed, one for every cooldown slot taken, one insert of the new
-/// request rows.
-fn reserve_all(
-    backend: DbBackend,
-    sends: &[(usize, &Reservation)],
-    read: &mut Read,
-    results: &mut [Result<(), ApiError>],
-) -> Script {
-    let start = read.counts.clone();
-    let mut claimed: BTreeMap<String, i64> = BTreeMap::new();
-    let mut rows = Vec::new();
-    for &(i, r) in sends {
-        let outcome = decide(r, &read.limits, &mut read.counts, &mut read.contacts);
-        if outcome.is_ok() {
-            claimed.insert(r.contact_id.clone(), r.now_ms);
-            rows.push(request_row(r));
-        }
-        results[i] = outcome;
-    }
-
-    let mut writes = Script::new(backend);
-    for ((account, day), count) in &read.counts {
-        let taken = count
-            - start
-                .get(&(account.clone(), day.clone()))
-                .copied()
-                .unwrap_or(0);
-        if taken > 0 {
-            writes.push(
-                &daily_counter::Entity::update_many()
-                    .col_expr(
-                        daily_counter::Column::Count,
-                        Expr::col(daily_counter::Column::Count).add(taken),
-                    )
-                    .filter(daily_counter::Column::AccountId.eq(account.as_str()))
-                    .filter(daily_counter::Column::Day.eq(day.as_str()))
-                    .into_query(),
-            );
-        }
-    }
-    if let Some((first, at)) = claimed.first_key_value() {
-        // One statement for every slot the batch claimed, each with its own send time (a failed
-        // publish gives a slot back only if it still holds that time).
-        let mut slot = Expr::case(
-            Expr::col(contact::Column::ContactId).eq(first.as_str()),
-            *at,
-        );
-        for (id, at) in claimed.iter().skip(1) {
-            slot = slot.case(Expr::col(contact::Column::ContactId).eq(id.as_str()), *at);
-        }
-        writes.push(
-            &contact::Entity::update_many()
-                .col_expr(
-                    contact::Column::LastSendMs,
-                    slot.finally(Expr::col(contact::Column::LastSendMs)).into(),
-                )
-                .filter(contact::Column::ContactId.is_in(claimed.keys().map(String::as_str)))
-                .into_query(),
-        );
-    }
-    if !rows.is_empty() {
-        writes.push(&send_request::Entity::insert_many(rows).into_query());
-    }
-    writes
-}
-
 /// One send's synchronous checks against the rows read for its batch, in the SPEC's order (the
 /// contact, the number, the quota's 409 before the cooldown's 429); an accepted send takes its
 /// quota unit and cooldown slot in those rows, so the batch's next send sees them taken.
@@ -564,8 +743,9 @@ fn decide(
     Ok(())
 }
 
-/// The batch's counters with their accounts' own limits, the counter rows locked in key order.
-fn lock_counters(groups: &BTreeSet<(&str, &str)>) -> SelectStatement {
+/// The batch's counters with their accounts' own limits (SQLite: the transaction's write lock
+/// already keeps them from changing under the batch).
+fn counters_of(groups: &BTreeSet<(&str, &str)>) -> SelectStatement {
     let accounts: BTreeSet<&str> = groups.iter().map(|(a, _)| *a).collect();
     let days: BTreeSet<&str> = groups.iter().map(|(_, d)| *d).collect();
     Query::select()
@@ -584,17 +764,6 @@ fn lock_counters(groups: &BTreeSet<(&str, &str)>) -> SelectStatement {
             Expr::col((daily_counter::Entity, daily_counter::Column::AccountId)).is_in(accounts),
         )
         .and_where(Expr::col((daily_counter::Entity, daily_counter::Column::Day)).is_in(days))
-        .order_by(
-            (daily_counter::Entity, daily_counter::Column::AccountId),
-            Order::Asc,
-        )
-        .order_by(
-            (daily_counter::Entity, daily_counter::Column::Day),
-            Order::Asc,
-        )
-        // Only the counters: the account row is read, not locked (nor lockable across the outer
-        // join on PostgreSQL).
-        .lock_with_tables(LockType::Update, [daily_counter::Entity])
         .to_owned()
 }
 
