@@ -19,7 +19,10 @@ use lapin::{
 use sea_orm::{ConnectionTrait, Database};
 use tokio::process::{Child, Command};
 
-use crate::stack::{FakeProvider, terminate};
+use crate::{
+    leftovers::{self, Leftover, Mark},
+    stack::{FakeProvider, terminate},
+};
 
 #[derive(clap::Args)]
 pub struct PublishArgs {
@@ -114,6 +117,7 @@ pub struct PublishServer {
     child: Child,
     amqp_url: String,
     queue: String,
+    mark: Mark,
 }
 
 impl PublishServer {
@@ -128,6 +132,10 @@ impl PublishServer {
             .args(["--amqp-url", amqp_url, "--queue", &queue])
             .kill_on_drop(true)
             .spawn()?;
+        let mark = leftovers::record(Leftover::Queues {
+            amqp_url: amqp_url.to_owned(),
+            names: vec![queue.clone()],
+        });
         let client = reqwest::Client::new();
         for _ in 0..300 {
             if client
@@ -141,6 +149,7 @@ impl PublishServer {
                     child,
                     amqp_url: amqp_url.into(),
                     queue,
+                    mark,
                 });
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -159,14 +168,12 @@ impl PublishServer {
 
     pub async fn stop(self) {
         terminate(self.child).await;
-        if let Ok(conn) = Connection::connect(&self.amqp_url, Default::default()).await
-            && let Ok(ch) = conn.create_channel().await
-        {
-            let _ = ch
-                .queue_delete(self.queue.as_str().into(), Default::default())
-                .await;
-            let _ = conn.close(200, "".into()).await;
-        }
+        leftovers::remove(&Leftover::Queues {
+            amqp_url: self.amqp_url,
+            names: vec![self.queue],
+        })
+        .await;
+        leftovers::forget(self.mark);
     }
 }
 
@@ -237,6 +244,10 @@ pub async fn pipeline_drain(
         .execute_unprepared("CREATE TABLE bench_jobs (id TEXT PRIMARY KEY, at BIGINT NOT NULL)")
         .await?;
     let queue = format!("{}.baseline", stack.prefix);
+    let mark = leftovers::record(Leftover::Queues {
+        amqp_url: amqp_url.to_owned(),
+        names: vec![queue.clone()],
+    });
     let conn = Connection::connect(amqp_url, Default::default()).await?;
     let ch = conn.create_channel().await?;
     quorum_queue(&ch, &queue).await?;
@@ -272,6 +283,7 @@ pub async fn pipeline_drain(
         .queue_delete(queue.as_str().into(), Default::default())
         .await;
     let _ = conn.close(200, "".into()).await;
+    leftovers::forget(mark);
     stack.stop().await;
     done.context("baseline (b) did not drain")?;
     Ok(rate)

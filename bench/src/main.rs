@@ -17,6 +17,7 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod baseline;
+mod leftovers;
 mod load;
 mod stack;
 
@@ -153,15 +154,34 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        match cmd {
-            Cmd::Run(a) => run(a).await,
+        let measured = match cmd {
+            // The baselines' child processes: what they use belongs to the run that started them.
+            Cmd::BaselinePublish(a) => return baseline::serve_publish(a).await,
+            Cmd::BaselinePipeline(a) => return baseline::run_pipeline(a).await,
+            // Stops itself on a signal (between minutes, or in the drain) and still prints what it
+            // measured so far.
             Cmd::Held(a) => held(a).await,
-            Cmd::Scrape(a) => scrape(a).await,
-            Cmd::E2e(a) => e2e(a).await,
-            Cmd::BaselinePublish(a) => baseline::serve_publish(a).await,
-            Cmd::BaselinePipeline(a) => baseline::run_pipeline(a).await,
-        }
+            Cmd::Run(a) => until_stopped(run(a)).await,
+            Cmd::Scrape(a) => until_stopped(scrape(a)).await,
+            Cmd::E2e(a) => until_stopped(e2e(a)).await,
+        };
+        // Whatever ended the run (an error, a signal), nothing it made stays behind. Dropping a
+        // stopped run's future killed its child processes first (`kill_on_drop`).
+        leftovers::remove_all().await;
+        measured
     })
+}
+
+/// Runs a measurement until it ends or Ctrl-C / SIGTERM arrives.
+async fn until_stopped(run: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    tokio::select! {
+        r = run => r,
+        _ = msgcontact::signal::shutdown() => {
+            eprintln!("interrupted: removing this run's queues, database and files");
+            // Not a success: a script or a timeout that stopped the run sees it did not finish.
+            Err(anyhow::anyhow!("interrupted before the run finished"))
+        }
+    }
 }
 
 fn ms(d: Duration) -> String {

@@ -27,6 +27,8 @@ use sea_orm::{
 use serde_json::Value;
 use tokio::process::{Child, Command};
 
+use crate::leftovers::{self, Leftover, Mark};
+
 pub const ACCOUNT: &str = "1000000000000001";
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -178,7 +180,8 @@ pub struct Stack {
     amqp_url: String,
     queue_max_length: u32,
     dir: PathBuf,
-    pg: Option<(String, String)>,
+    /// What [`Stack::stop`] removes, also recorded in [`leftovers`] for a run that ends early.
+    left: Vec<(Mark, Leftover)>,
     api: Option<(Child, SocketAddr)>,
     worker: Option<Child>,
 }
@@ -195,11 +198,10 @@ impl Stack {
         let tag = uuid::Uuid::new_v4().simple().to_string()[..10].to_owned();
         let dir = std::env::temp_dir().join(format!("msgcontact-bench-{tag}"));
         std::fs::create_dir_all(&dir)?;
-        let (db_url, pg) = match db {
-            Db::Sqlite => (
-                format!("sqlite://{}/db.sqlite?mode=rwc", dir.display()),
-                None,
-            ),
+        let mut left = Vec::new();
+        keep(&mut left, Leftover::Dir(dir.clone()));
+        let db_url = match db {
+            Db::Sqlite => format!("sqlite://{}/db.sqlite?mode=rwc", dir.display()),
             Db::Postgres => {
                 let name = format!("msgcontact_bench_{tag}");
                 let admin = Database::connect(pg_url)
@@ -208,11 +210,26 @@ impl Stack {
                 admin
                     .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
                     .await?;
+                keep(
+                    &mut left,
+                    Leftover::Database {
+                        admin_url: pg_url.to_owned(),
+                        name: name.clone(),
+                    },
+                );
                 let root = pg_url.rsplit_once('/').context("PostgreSQL URL")?.0;
-                (format!("{root}/{name}"), Some((pg_url.to_owned(), name)))
+                format!("{root}/{name}")
             }
         };
         let conn = msgcontact::db::connect(&db_url, 4).await?;
+        let prefix = format!("bench-{tag}");
+        keep(
+            &mut left,
+            Leftover::Queues {
+                amqp_url: amqp_url.to_owned(),
+                names: queue_names(&topology(&prefix, queue_max_length)),
+            },
+        );
         let key_id = format!("LTAIbench{tag}");
         let secret = "benchSecret".to_owned();
         msgcontact_api::cli::create_key(&conn, ACCOUNT, Some(key_id.clone()), Some(secret.clone()))
@@ -246,7 +263,7 @@ impl Stack {
         }
         Ok(Self {
             db_url,
-            prefix: format!("bench-{tag}"),
+            prefix,
             db: conn,
             key_id,
             secret,
@@ -254,7 +271,7 @@ impl Stack {
             amqp_url: amqp_url.to_owned(),
             queue_max_length,
             dir,
-            pg,
+            left,
             api: None,
             worker: None,
         })
@@ -324,14 +341,7 @@ impl Stack {
     }
 
     fn topology(&self) -> Topology {
-        Topology::new(
-            &self.prefix,
-            self.queue_max_length,
-            "5,30,120,600"
-                .parse::<msgcontact::config::RetryDelays>()
-                .expect("default delays")
-                .0,
-        )
+        topology(&self.prefix, self.queue_max_length)
     }
 
     pub async fn work_depth(&self) -> anyhow::Result<u32> {
@@ -457,27 +467,36 @@ impl Stack {
         {
             terminate(child).await;
         }
-        if let Ok(conn) = lapin::Connection::connect(&self.amqp_url, Default::default()).await
-            && let Ok(ch) = conn.create_channel().await
-        {
-            let t = self.topology();
-            let mut queues = vec![t.work_queue(), t.dead_letter_queue()];
-            queues.extend((0..t.retry_delays.len()).map(|l| t.retry_queue(l)));
-            for q in queues {
-                let _ = ch.queue_delete(q.as_str().into(), Default::default()).await;
-            }
-            let _ = conn.close(200, "".into()).await;
-        }
         let _ = self.db.clone().close().await;
-        if let Some((admin_url, name)) = &self.pg
-            && let Ok(admin) = Database::connect(admin_url.as_str()).await
-        {
-            let _ = admin
-                .execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-                .await;
+        // Newest first: the queues, then the database, then the directory.
+        for (mark, l) in self.left.drain(..).rev() {
+            leftovers::remove(&l).await;
+            leftovers::forget(mark);
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// The topology the binaries under test declare for `prefix` (the default retry delays).
+fn topology(prefix: &str, queue_max_length: u32) -> Topology {
+    Topology::new(
+        prefix,
+        queue_max_length,
+        "5,30,120,600"
+            .parse::<msgcontact::config::RetryDelays>()
+            .expect("default delays")
+            .0,
+    )
+}
+
+fn queue_names(t: &Topology) -> Vec<String> {
+    let mut queues = vec![t.work_queue(), t.dead_letter_queue()];
+    queues.extend((0..t.retry_delays.len()).map(|l| t.retry_queue(l)));
+    queues.into_iter().map(|q| q.as_str().to_owned()).collect()
+}
+
+/// Records a leftover of the run and keeps it for [`Stack::stop`].
+fn keep(left: &mut Vec<(Mark, Leftover)>, l: Leftover) {
+    left.push((leftovers::record(l.clone()), l));
 }
 
 fn tokio_util_stop() -> Arc<std::sync::atomic::AtomicBool> {

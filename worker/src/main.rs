@@ -75,6 +75,10 @@ async fn main() -> anyhow::Result<()> {
                         .await
                         .context("database")?;
                     let mut census = msgcontact_worker::census::Census::default();
+                    // Listening from the start: a Ctrl-C or SIGTERM while a report is being read
+                    // ends the watch at the next pause instead of being lost.
+                    let stop = msgcontact::signal::shutdown();
+                    tokio::pin!(stop);
                     loop {
                         let r = admin::report(&conn, &db, &topology, &mut census).await?;
                         if json {
@@ -89,7 +93,7 @@ async fn main() -> anyhow::Result<()> {
                             break;
                         }
                         tokio::select! {
-                            _ = tokio::signal::ctrl_c() => break,
+                            _ = &mut stop => break,
                             _ = tokio::time::sleep(admin::WATCH_INTERVAL) => {}
                         }
                     }
