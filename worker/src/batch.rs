@@ -15,8 +15,8 @@ use msgcontact::{
     time::now_ms,
 };
 use sea_orm::{
-    ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, TransactionTrait,
-    TryInsertResult, UpdateMany,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait, QueryFilter,
+    Statement, TransactionTrait, TryInsertResult, UpdateMany,
     sea_query::{Expr, ExprTrait},
 };
 use tokio::sync::{mpsc, oneshot};
@@ -289,6 +289,9 @@ async fn run(db: DatabaseConnection, mut rx: mpsc::Receiver<Item>) {
 /// live (an outcome is recorded once). Returns the request ids it changed.
 async fn write(db: &DatabaseConnection, batch: &[Item]) -> Result<HashSet<String>, DbErr> {
     let now = now_ms();
+    if db.get_database_backend() == DbBackend::Postgres {
+        return write_pg(db, batch, now).await;
+    }
     let mut message = Expr::case(
         Expr::col(send_request::Column::RequestId).eq(batch[0].request_id.as_str()),
         batch[0].message_id.as_str(),
@@ -317,4 +320,42 @@ async fn write(db: &DatabaseConnection, batch: &[Item]) -> Result<HashSet<String
         .exec_with_returning(db)
         .await?;
     Ok(rows.into_iter().map(|r| r.request_id).collect())
+}
+
+/// The same on PostgreSQL as one statement of fixed text with the batch as arrays, prepared once
+/// per connection whatever the batch's size. A request repeated in the batch keeps its first
+/// message id, as the `CASE` does.
+async fn write_pg(
+    db: &DatabaseConnection,
+    batch: &[Item],
+    now: i64,
+) -> Result<HashSet<String>, DbErr> {
+    const SQL: &str = r#"
+UPDATE send_requests SET status = $1, provider_message_id = t.m, sent_ms = $2, updated_ms = $2
+    FROM unnest($3::text[], $4::text[]) AS t(r, m)
+    WHERE send_requests.request_id = t.r AND send_requests.status = ANY($5::text[])
+    RETURNING send_requests.request_id"#;
+    let mut seen = HashSet::new();
+    let (ids, messages): (Vec<String>, Vec<String>) = batch
+        .iter()
+        .filter(|i| seen.insert(i.request_id.as_str()))
+        .map(|i| (i.request_id.clone(), i.message_id.clone()))
+        .unzip();
+    let live: Vec<String> = crate::LIVE_STATES.iter().map(|s| (*s).to_owned()).collect();
+    let rows = db
+        .query_all_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            SQL,
+            [
+                SendStatus::Sent.as_str().into(),
+                now.into(),
+                ids.into(),
+                messages.into(),
+                live.into(),
+            ],
+        ))
+        .await?;
+    rows.iter()
+        .map(|r| r.try_get_by_index::<String>(0))
+        .collect()
 }

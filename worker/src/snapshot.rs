@@ -11,7 +11,7 @@ use std::collections::HashMap;
 
 use msgcontact::{db::placeholder, entities::send_request, status::verification as vstatus};
 use sea_orm::{
-    ConnectionTrait, DatabaseConnection, DbErr, FromQueryResult, QueryResult, Statement,
+    ConnectionTrait, DatabaseConnection, DbBackend, DbErr, FromQueryResult, QueryResult, Statement,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -78,10 +78,29 @@ impl Snapshot {
 /// Reads the snapshots of `ids` (distinct) in one statement; a missing request has none.
 async fn load_many(db: &DatabaseConnection, ids: &[&str]) -> Result<Vec<Snapshot>, DbErr> {
     let backend = db.get_database_backend();
-    let params = (1..=ids.len())
-        .map(|n| placeholder(backend, n))
-        .collect::<Vec<_>>()
-        .join(", ");
+    // PostgreSQL takes the ids as one array: the statement's text is the same for every batch
+    // size, so it is prepared once per connection instead of once per size (sizes churned the
+    // connection's statement cache; the accept path measured +62 % at c=128 for the same change).
+    let (filter, values): (String, Vec<sea_orm::Value>) = if backend == DbBackend::Postgres {
+        (
+            "= ANY($1::text[])".to_owned(),
+            vec![
+                ids.iter()
+                    .map(|id| (*id).to_owned())
+                    .collect::<Vec<String>>()
+                    .into(),
+            ],
+        )
+    } else {
+        let params = (1..=ids.len())
+            .map(|n| placeholder(backend, n))
+            .collect::<Vec<_>>()
+            .join(", ");
+        (
+            format!("IN ({params})"),
+            ids.iter().map(|id| (*id).into()).collect(),
+        )
+    };
     // Every join is on a primary key or a unique index, the supersede test a range of the
     // (contact, phone, accepted) index: one indexed lookup each.
     let sql = format!(
@@ -99,9 +118,8 @@ async fn load_many(db: &DatabaseConnection, ids: &[&str]) -> Result<Vec<Snapshot
          LEFT JOIN contacts c ON c.contact_id = r.contact_id \
          LEFT JOIN verifications o ON o.verification_id = r.verification_id \
          LEFT JOIN verifications l ON l.live_key = r.contact_id || '/' || r.phone \
-         WHERE r.request_id IN ({params})"
+         WHERE r.request_id {filter}"
     );
-    let values = ids.iter().map(|id| (*id).into());
     let stmt = Statement::from_sql_and_values(backend, sql, values);
     db.query_all_raw(stmt)
         .await?
