@@ -15,8 +15,9 @@ use msgcontact::{
     time::now_ms,
 };
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait, QueryFilter,
-    Statement, TransactionTrait, TryInsertResult, UpdateMany,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr,
+    EntityTrait, FromQueryResult, QueryFilter, Statement, TransactionTrait, TryInsertResult,
+    UpdateMany,
     sea_query::{Expr, ExprTrait},
 };
 use tokio::sync::{mpsc, oneshot};
@@ -154,7 +155,10 @@ async fn write_claims(
             _ => claiming.push(item),
         }
     }
-    if let Some(first) = claiming.first() {
+    if !claiming.is_empty() && db.get_database_backend() == DbBackend::Postgres {
+        let rows = claim_pg(&txn, &claiming).await?;
+        settle(&txn, claiming, rows, &mut settled).await?;
+    } else if let Some(first) = claiming.first() {
         let is = |id: &str| Expr::col(send_request::Column::RequestId).eq(id);
         let mut bound = Expr::case(is(&first.request_id), first.attempt);
         for i in &claiming[1..] {
@@ -189,6 +193,70 @@ async fn write_claims(
             .filter(Expr::col(send_request::Column::Attempts).lt(bound.finally(i32::MIN)))
             .exec_with_returning(&txn)
             .await?;
+        settle(&txn, claiming, rows, &mut settled).await?;
+    }
+    txn.commit().await?;
+    Ok(settled)
+}
+
+/// The claim on PostgreSQL: one statement of fixed text with the batch as arrays (request, attempt
+/// bound, fresh code or none), prepared once per connection whatever the batch's size. A request
+/// repeated in the batch is claimed with its first entry's bound, as the `CASE` does; the other
+/// entry then finds it held by the first.
+async fn claim_pg(
+    txn: &DatabaseTransaction,
+    claiming: &[&ClaimItem],
+) -> Result<Vec<send_request::Model>, DbErr> {
+    const SQL: &str = r#"
+UPDATE send_requests SET status = $1, attempts = send_requests.attempts + 1, updated_ms = $2,
+    verification_id = COALESCE(NULLIF(t.v, ''), send_requests.verification_id)
+    FROM unnest($3::text[], $4::integer[], $5::text[]) AS t(r, bound, v)
+    WHERE send_requests.request_id = t.r AND send_requests.status = ANY($6::text[])
+        AND send_requests.attempts < t.bound
+    RETURNING send_requests.*"#;
+    let mut seen = HashSet::new();
+    let (mut ids, mut bounds, mut codes) = (Vec::new(), Vec::new(), Vec::new());
+    for i in claiming {
+        if seen.insert(i.request_id.as_str()) {
+            ids.push(i.request_id.clone());
+            bounds.push(i.attempt);
+            // Empty where the request keeps its code: the driver binds no NULL inside an array,
+            // and a code id is never empty.
+            codes.push(match &i.code {
+                PlannedCode::Fresh { code, .. } => code.id.clone(),
+                _ => String::new(),
+            });
+        }
+    }
+    let claimable: Vec<String> = ["Queued", "Retrying"].map(String::from).to_vec();
+    let rows = txn
+        .query_all_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            SQL,
+            [
+                SendStatus::Sending.as_str().into(),
+                now_ms().into(),
+                ids.into(),
+                bounds.into(),
+                codes.into(),
+                claimable.into(),
+            ],
+        ))
+        .await?;
+    rows.iter()
+        .map(|r| send_request::Model::from_query_result(r, ""))
+        .collect()
+}
+
+/// Settles every claiming request by the rows its claim returned, and deletes again the fresh
+/// codes of those that turned out not claimable.
+async fn settle(
+    txn: &DatabaseTransaction,
+    claiming: Vec<&ClaimItem>,
+    rows: Vec<send_request::Model>,
+    settled: &mut HashMap<String, Claimed>,
+) -> Result<(), DbErr> {
+    {
         let mut held: HashMap<String, send_request::Model> = rows
             .into_iter()
             .map(|r| (r.request_id.clone(), r))
@@ -220,12 +288,11 @@ async fn write_claims(
         if !orphans.is_empty() {
             verification::Entity::delete_many()
                 .filter(verification::Column::VerificationId.is_in(orphans))
-                .exec(&txn)
+                .exec(txn)
                 .await?;
         }
     }
-    txn.commit().await?;
-    Ok(settled)
+    Ok(())
 }
 
 struct Item {
