@@ -161,6 +161,17 @@ mod busy {
     }
 }
 
+/// A PostgreSQL `text[]` bind value: hand-written statements take a batch as arrays, so their text
+/// (and prepared statement) is the same whatever the batch's size. Its elements cannot be NULL (the
+/// driver binds none inside an array).
+pub fn text_array<'s>(items: impl IntoIterator<Item = &'s str>) -> sea_orm::Value {
+    items
+        .into_iter()
+        .map(str::to_owned)
+        .collect::<Vec<String>>()
+        .into()
+}
+
 /// The `n`th (from 1) bind placeholder of a hand-written statement: PostgreSQL numbers them,
 /// SQLite's `?` takes the values in order.
 pub fn placeholder(backend: DbBackend, n: usize) -> String {

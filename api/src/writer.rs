@@ -348,6 +348,7 @@ async fn apply(
 /// another round trip to be prepared and pushed others out of the connection's statement cache).
 mod pg {
     use super::*;
+    use msgcontact::db::text_array;
     use sea_orm::{DatabaseTransaction, Statement, Value};
 
     /// The nonces recorded (those that come back were fresh), the keys still active, and the
@@ -394,14 +395,6 @@ SELECT r, a, c, p, $6::text, 0, 0, d, ms, ms
     FROM unnest($7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::bigint[])
     AS t(r, a, c, p, d, ms)"#;
 
-    fn texts<'s>(items: impl IntoIterator<Item = &'s str>) -> Value {
-        items
-            .into_iter()
-            .map(str::to_owned)
-            .collect::<Vec<String>>()
-            .into()
-    }
-
     fn statement(sql: &str, values: Vec<Value>) -> Statement {
         Statement::from_sql_and_values(DbBackend::Postgres, sql, values)
     }
@@ -412,12 +405,12 @@ SELECT r, a, c, p, $6::text, 0, 0, d, ms, ms
             .query_all_raw(statement(
                 READ,
                 vec![
-                    texts(plan.fresh.iter().map(|n| n.access_key_id.as_str())),
-                    texts(plan.fresh.iter().map(|n| n.nonce.as_str())),
+                    text_array(plan.fresh.iter().map(|n| n.access_key_id.as_str())),
+                    text_array(plan.fresh.iter().map(|n| n.nonce.as_str())),
                     plan.nonce_expires_ms.into(),
-                    texts(plan.key_ids.iter().copied()),
-                    texts(plan.groups.iter().map(|(a, _)| *a)),
-                    texts(plan.groups.iter().map(|(_, d)| *d)),
+                    text_array(plan.key_ids.iter().copied()),
+                    text_array(plan.groups.iter().map(|(a, _)| *a)),
+                    text_array(plan.groups.iter().map(|(_, d)| *d)),
                     status::access_key::ACTIVE.into(),
                 ],
             ))
@@ -429,7 +422,7 @@ SELECT r, a, c, p, $6::text, 0, 0, d, ms, ms
             let rows = txn
                 .query_all_raw(statement(
                     CONTACTS,
-                    vec![texts(plan.contact_ids.iter().copied())],
+                    vec![text_array(plan.contact_ids.iter().copied())],
                 ))
                 .await?;
             for row in &rows {
@@ -450,15 +443,15 @@ SELECT r, a, c, p, $6::text, 0, 0, d, ms, ms
         txn.execute_raw(statement(
             WRITE,
             vec![
-                texts(reserved.taken.iter().map(|(a, _, _)| a.as_str())),
-                texts(reserved.taken.iter().map(|(_, d, _)| d.as_str())),
+                text_array(reserved.taken.iter().map(|(a, _, _)| a.as_str())),
+                text_array(reserved.taken.iter().map(|(_, d, _)| d.as_str())),
                 reserved
                     .taken
                     .iter()
                     .map(|(_, _, n)| *n)
                     .collect::<Vec<i32>>()
                     .into(),
-                texts(reserved.claimed.keys().copied()),
+                text_array(reserved.claimed.keys().copied()),
                 reserved
                     .claimed
                     .values()
@@ -466,11 +459,11 @@ SELECT r, a, c, p, $6::text, 0, 0, d, ms, ms
                     .collect::<Vec<i64>>()
                     .into(),
                 SendStatus::Queued.as_str().into(),
-                texts(rows.iter().map(|r| r.request_id.as_str())),
-                texts(rows.iter().map(|r| r.account_id.as_str())),
-                texts(rows.iter().map(|r| r.contact_id.as_str())),
-                texts(rows.iter().map(|r| r.phone.as_str())),
-                texts(rows.iter().map(|r| r.day.as_str())),
+                text_array(rows.iter().map(|r| r.request_id.as_str())),
+                text_array(rows.iter().map(|r| r.account_id.as_str())),
+                text_array(rows.iter().map(|r| r.contact_id.as_str())),
+                text_array(rows.iter().map(|r| r.phone.as_str())),
+                text_array(rows.iter().map(|r| r.day.as_str())),
                 rows.iter().map(|r| r.now_ms).collect::<Vec<i64>>().into(),
             ],
         ))

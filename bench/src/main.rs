@@ -158,8 +158,8 @@ fn main() -> anyhow::Result<()> {
             // The baselines' child processes: what they use belongs to the run that started them.
             Cmd::BaselinePublish(a) => return baseline::serve_publish(a).await,
             Cmd::BaselinePipeline(a) => return baseline::run_pipeline(a).await,
-            // Stops itself on a signal (between minutes, or in the drain) and still prints what it
-            // measured so far.
+            // Stops itself on a signal (in a load minute or in the drain); stopped in the drain it
+            // still prints the outcomes so far.
             Cmd::Held(a) => held(a).await,
             Cmd::Run(a) => until_stopped(run(a)).await,
             Cmd::Scrape(a) => until_stopped(scrape(a)).await,

@@ -10,6 +10,7 @@
 use std::collections::{HashMap, HashSet};
 
 use msgcontact::{
+    db::text_array,
     entities::{send_request, verification},
     status::SendStatus,
     time::now_ms,
@@ -218,17 +219,16 @@ UPDATE send_requests SET status = $1, attempts = send_requests.attempts + 1, upd
     let (mut ids, mut bounds, mut codes) = (Vec::new(), Vec::new(), Vec::new());
     for i in claiming {
         if seen.insert(i.request_id.as_str()) {
-            ids.push(i.request_id.clone());
+            ids.push(i.request_id.as_str());
             bounds.push(i.attempt);
             // Empty where the request keeps its code: the driver binds no NULL inside an array,
             // and a code id is never empty.
             codes.push(match &i.code {
-                PlannedCode::Fresh { code, .. } => code.id.clone(),
-                _ => String::new(),
+                PlannedCode::Fresh { code, .. } => code.id.as_str(),
+                _ => "",
             });
         }
     }
-    let claimable: Vec<String> = ["Queued", "Retrying"].map(String::from).to_vec();
     let rows = txn
         .query_all_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
@@ -236,10 +236,10 @@ UPDATE send_requests SET status = $1, attempts = send_requests.attempts + 1, upd
             [
                 SendStatus::Sending.as_str().into(),
                 now_ms().into(),
-                ids.into(),
+                text_array(ids),
                 bounds.into(),
-                codes.into(),
-                claimable.into(),
+                text_array(codes),
+                text_array(["Queued", "Retrying"]),
             ],
         ))
         .await?;
@@ -256,41 +256,39 @@ async fn settle(
     rows: Vec<send_request::Model>,
     settled: &mut HashMap<String, Claimed>,
 ) -> Result<(), DbErr> {
-    {
-        let mut held: HashMap<String, send_request::Model> = rows
-            .into_iter()
-            .map(|r| (r.request_id.clone(), r))
-            .collect();
-        let mut orphans = Vec::new();
-        for item in claiming {
-            let code = match &item.code {
-                PlannedCode::Nothing => None,
-                PlannedCode::Existing(c) | PlannedCode::Fresh { code: c, .. } => Some(c.clone()),
-            };
-            match held.remove(&item.request_id) {
-                Some(req) => {
-                    settled.insert(
-                        item.request_id.clone(),
-                        Claimed::Held {
-                            req: Box::new(req),
-                            code,
-                        },
-                    );
+    let mut held: HashMap<String, send_request::Model> = rows
+        .into_iter()
+        .map(|r| (r.request_id.clone(), r))
+        .collect();
+    let mut orphans = Vec::new();
+    for item in claiming {
+        let code = match &item.code {
+            PlannedCode::Nothing => None,
+            PlannedCode::Existing(c) | PlannedCode::Fresh { code: c, .. } => Some(c.clone()),
+        };
+        match held.remove(&item.request_id) {
+            Some(req) => {
+                settled.insert(
+                    item.request_id.clone(),
+                    Claimed::Held {
+                        req: Box::new(req),
+                        code,
+                    },
+                );
+            }
+            None => {
+                if let PlannedCode::Fresh { code, .. } = &item.code {
+                    orphans.push(code.id.clone());
                 }
-                None => {
-                    if let PlannedCode::Fresh { code, .. } = &item.code {
-                        orphans.push(code.id.clone());
-                    }
-                    settled.insert(item.request_id.clone(), Claimed::NotClaimable);
-                }
+                settled.insert(item.request_id.clone(), Claimed::NotClaimable);
             }
         }
-        if !orphans.is_empty() {
-            verification::Entity::delete_many()
-                .filter(verification::Column::VerificationId.is_in(orphans))
-                .exec(txn)
-                .await?;
-        }
+    }
+    if !orphans.is_empty() {
+        verification::Entity::delete_many()
+            .filter(verification::Column::VerificationId.is_in(orphans))
+            .exec(txn)
+            .await?;
     }
     Ok(())
 }
@@ -403,12 +401,11 @@ UPDATE send_requests SET status = $1, provider_message_id = t.m, sent_ms = $2, u
     WHERE send_requests.request_id = t.r AND send_requests.status = ANY($5::text[])
     RETURNING send_requests.request_id"#;
     let mut seen = HashSet::new();
-    let (ids, messages): (Vec<String>, Vec<String>) = batch
+    let (ids, messages): (Vec<&str>, Vec<&str>) = batch
         .iter()
         .filter(|i| seen.insert(i.request_id.as_str()))
-        .map(|i| (i.request_id.clone(), i.message_id.clone()))
+        .map(|i| (i.request_id.as_str(), i.message_id.as_str()))
         .unzip();
-    let live: Vec<String> = crate::LIVE_STATES.iter().map(|s| (*s).to_owned()).collect();
     let rows = db
         .query_all_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
@@ -416,9 +413,9 @@ UPDATE send_requests SET status = $1, provider_message_id = t.m, sent_ms = $2, u
             [
                 SendStatus::Sent.as_str().into(),
                 now.into(),
-                ids.into(),
-                messages.into(),
-                live.into(),
+                text_array(ids),
+                text_array(messages),
+                text_array(crate::LIVE_STATES),
             ],
         ))
         .await?;

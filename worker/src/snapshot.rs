@@ -9,7 +9,11 @@
 
 use std::collections::HashMap;
 
-use msgcontact::{db::placeholder, entities::send_request, status::verification as vstatus};
+use msgcontact::{
+    db::{placeholder, text_array},
+    entities::send_request,
+    status::verification as vstatus,
+};
 use sea_orm::{
     ConnectionTrait, DatabaseConnection, DbBackend, DbErr, FromQueryResult, QueryResult, Statement,
 };
@@ -84,12 +88,7 @@ async fn load_many(db: &DatabaseConnection, ids: &[&str]) -> Result<Vec<Snapshot
     let (filter, values): (String, Vec<sea_orm::Value>) = if backend == DbBackend::Postgres {
         (
             "= ANY($1::text[])".to_owned(),
-            vec![
-                ids.iter()
-                    .map(|id| (*id).to_owned())
-                    .collect::<Vec<String>>()
-                    .into(),
-            ],
+            vec![text_array(ids.iter().copied())],
         )
     } else {
         let params = (1..=ids.len())
