@@ -18,7 +18,7 @@ use msgcontact::{
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr,
     EntityTrait, FromQueryResult, QueryFilter, Statement, TransactionTrait, TryInsertResult,
-    UpdateMany,
+    TryIntoModel, UpdateMany,
     sea_query::{Expr, ExprTrait},
 };
 use tokio::sync::{mpsc, oneshot};
@@ -138,7 +138,9 @@ async fn write_claims(
         })
         .collect();
     let mut created = HashSet::new();
-    if !fresh.is_empty() {
+    if !fresh.is_empty() && db.get_database_backend() == DbBackend::Postgres {
+        created.extend(insert_fresh_pg(&txn, fresh).await?);
+    } else if !fresh.is_empty() {
         let inserted = verification::Entity::insert_many(fresh)
             .on_conflict_do_nothing_on([verification::Column::LiveKey])
             .exec_with_returning_many(&txn)
@@ -198,6 +200,56 @@ async fn write_claims(
     }
     txn.commit().await?;
     Ok(settled)
+}
+
+/// The fresh codes on PostgreSQL: one insert of fixed text with the rows as column arrays (a
+/// multi-row `VALUES` would be a new statement text, and a new prepare, for every batch size).
+/// Returns the ids inserted: a row whose live slot is already taken is skipped, as it is by the
+/// `ON CONFLICT DO NOTHING` of the portable insert, a second row for one slot in the batch too.
+async fn insert_fresh_pg(
+    txn: &DatabaseTransaction,
+    fresh: Vec<verification::ActiveModel>,
+) -> Result<Vec<String>, DbErr> {
+    const SQL: &str = r#"
+INSERT INTO verifications (verification_id, account_id, contact_id, phone, status,
+        failed_attempts, created_ms, expires_ms, live_key)
+    SELECT v, a, c, p, s, f, cr, ex, NULLIF(l, '')
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+        $6::integer[], $7::bigint[], $8::bigint[], $9::text[]) AS t(v, a, c, p, s, f, cr, ex, l)
+    ON CONFLICT (live_key) DO NOTHING
+    RETURNING verification_id"#;
+    let rows = fresh
+        .into_iter()
+        .map(|r| r.try_into_model())
+        .collect::<Result<Vec<verification::Model>, DbErr>>()?;
+    let texts = |f: fn(&verification::Model) -> &str| text_array(rows.iter().map(f));
+    let ints = |f: fn(&verification::Model) -> i64| rows.iter().map(f).collect::<Vec<i64>>();
+    let values = [
+        texts(|r| &r.verification_id),
+        texts(|r| &r.account_id),
+        texts(|r| &r.contact_id),
+        texts(|r| &r.phone),
+        texts(|r| &r.status),
+        rows.iter()
+            .map(|r| r.failed_attempts)
+            .collect::<Vec<i32>>()
+            .into(),
+        ints(|r| r.created_ms).into(),
+        ints(|r| r.expires_ms).into(),
+        // Empty for no live slot (NULLIF'd back): the driver binds no NULL inside an array.
+        texts(|r| r.live_key.as_deref().unwrap_or_default()),
+    ];
+    let inserted = txn
+        .query_all_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            SQL,
+            values,
+        ))
+        .await?;
+    inserted
+        .iter()
+        .map(|r| r.try_get::<String>("", "verification_id"))
+        .collect()
 }
 
 /// The claim on PostgreSQL: one statement of fixed text with the batch as arrays (request, attempt
