@@ -433,3 +433,85 @@ async fn census_counts_statuses_on_sqlite() {
 async fn census_counts_statuses_on_postgres() {
     census_counts(Backend::Postgres).await;
 }
+
+/// The planner's figure for a table, as `ANALYZE` last left it (-1: never analyzed).
+async fn planner_rows(db: &sea_orm::DatabaseConnection, table: &str) -> f64 {
+    use sea_orm::ConnectionTrait;
+    let row = db
+        .query_one_raw(sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            format!("SELECT reltuples::float8 AS n FROM pg_class WHERE relname = '{table}'"),
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    row.try_get("", "n").unwrap()
+}
+
+/// Inserts requests `from..to` in one transaction: an analyze sees all of them or none.
+async fn insert_requests(db: &sea_orm::DatabaseConnection, from: u64, to: u64) {
+    use sea_orm::TransactionTrait;
+    let t = msgcontact::time::now_ms();
+    let txn = db.begin().await.unwrap();
+    for chunk in (from..to).collect::<Vec<_>>().chunks(500) {
+        let rows: Vec<_> = chunk.iter().map(|&k| request_row(t, k, "Queued")).collect();
+        send_request::Entity::insert_many(rows)
+            .exec(&txn)
+            .await
+            .unwrap();
+    }
+    txn.commit().await.unwrap();
+}
+
+async fn wait_planner_rows(db: &sea_orm::DatabaseConnection, at_least: f64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let n = planner_rows(db, "send_requests").await;
+        if n >= at_least {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "send_requests still planned as {n} rows, {at_least} expected"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A table that grows from empty is analyzed again as it doubles, by the running API itself:
+/// prepared statements planned while it was small are planned again (autovacuum is switched off
+/// for the table here, so nothing else can analyze it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn planner_statistics_follow_a_growing_table_on_postgres() {
+    use sea_orm::ConnectionTrait;
+    let app = TestApp::spawn_with(Backend::Postgres, Options::without_worker()).await;
+    let db = &app.db;
+    db.execute_unprepared("ALTER TABLE send_requests SET (autovacuum_enabled = false)")
+        .await
+        .unwrap();
+    assert!(planner_rows(db, "send_requests").await < 1.0);
+
+    insert_requests(db, 0, 2_000).await;
+    wait_planner_rows(db, 2_000.0).await;
+    // Counted now: not stale again until it doubles.
+    insert_requests(db, 2_000, 3_000).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(planner_rows(db, "send_requests").await, 2_000.0);
+
+    insert_requests(db, 3_000, 6_000).await;
+    wait_planner_rows(db, 6_000.0).await;
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn planner_statistics_are_left_alone_on_sqlite() {
+    let app = TestApp::spawn_with(Backend::Sqlite, Options::without_worker()).await;
+    insert_requests(&app.db, 0, 2_000).await;
+    assert!(
+        msgcontact::db::refresh_statistics(&app.db)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    app.cleanup().await;
+}

@@ -195,6 +195,7 @@ impl Application {
             })
         });
         let upkeep = msgcontact::metrics::upkeep(shutdown.clone());
+        let statistics = msgcontact::db::statistics_upkeep(&state.db, shutdown.clone());
         let poller = tokio::spawn(msgcontact_worker::admin::poll_depths(
             self.amqp_url.clone(),
             state.db.clone(),
@@ -226,6 +227,9 @@ impl Application {
         }
         let _ = poller.await;
         let _ = upkeep.await;
+        if let Some(statistics) = statistics {
+            let _ = statistics.await;
+        }
         let _ = supervisor.await;
         state.publisher.close().await;
         if let Some(e) = lost.lock().unwrap_or_else(|p| p.into_inner()).take() {

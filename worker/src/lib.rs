@@ -411,6 +411,7 @@ impl Application {
             .route("/metrics", get(|| async { msgcontact::metrics::render() }))
             .with_state(health);
         let upkeep = msgcontact::metrics::upkeep(shutdown.clone());
+        let statistics = msgcontact::db::statistics_upkeep(&self.shared.db, shutdown.clone());
         let poller = tokio::spawn(admin::poll_depths(
             self.amqp_url.clone(),
             self.shared.db.clone(),
@@ -560,6 +561,9 @@ impl Application {
         let _ = http.await;
         let _ = poller.await;
         let _ = upkeep.await;
+        if let Some(statistics) = statistics {
+            let _ = statistics.await;
+        }
         let _ = housekeeping.await;
         if let Some(e) = lost {
             tracing::error!(error = %e, "worker stopped: broker lost");
