@@ -21,7 +21,7 @@ use tokio::process::{Child, Command};
 
 use crate::{
     leftovers::{self, Leftover, Mark},
-    stack::{FakeProvider, terminate},
+    stack::{Drain, FakeProvider, terminate},
 };
 
 #[derive(clap::Args)]
@@ -230,12 +230,13 @@ pub async fn run_pipeline(a: PipelineArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Fills a quorum queue with `n` jobs, starts baseline (b) and returns its jobs/s over the drain.
+/// Fills a quorum queue with `n` jobs, starts baseline (b) and times its drain, from its start
+/// until the provider has every SMS.
 pub async fn pipeline_drain(
     c: &crate::Common,
     provider: &FakeProvider,
     n: usize,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<Drain> {
     let (amqp_url, db, pg_url) = (c.amqp_url.as_str(), c.db, c.pg_url.as_str());
     // The same database setup as ours: a fresh SQLite file (WAL) or a fresh PostgreSQL database.
     let stack = crate::stack::Stack::new(db, amqp_url, pg_url, 0, 1_000_000).await?;
@@ -277,7 +278,7 @@ pub async fn pipeline_drain(
         .kill_on_drop(true)
         .spawn()?;
     let done = provider.wait_for(n, Duration::from_secs(600)).await;
-    let rate = n as f64 / started.elapsed().as_secs_f64();
+    let drain = provider.drain(n, started);
     terminate(child).await;
     let _ = ch
         .queue_delete(queue.as_str().into(), Default::default())
@@ -286,5 +287,5 @@ pub async fn pipeline_drain(
     leftovers::forget(mark);
     stack.stop().await;
     done.context("baseline (b) did not drain")?;
-    Ok(rate)
+    Ok(drain)
 }

@@ -49,6 +49,8 @@ struct ProviderState {
     count: AtomicU64,
     duplicates: AtomicU64,
     seen: Mutex<HashSet<String>>,
+    /// When the first and the latest SMS since the last reset arrived.
+    window: Mutex<Option<(Instant, Instant)>>,
     limiter: Option<DefaultDirectRateLimiter>,
 }
 
@@ -58,6 +60,7 @@ impl FakeProvider {
             count: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
             seen: Mutex::new(HashSet::new()),
+            window: Mutex::new(None),
             limiter: rate
                 .and_then(std::num::NonZeroU32::new)
                 // A burst of one second's worth, as provider contracts usually allow.
@@ -76,6 +79,8 @@ impl FakeProvider {
             if !s.seen.lock().unwrap().insert(id) {
                 s.duplicates.fetch_add(1, Ordering::Relaxed);
             }
+            let now = Instant::now();
+            s.window.lock().unwrap().get_or_insert((now, now)).1 = now;
             s.count.fetch_add(1, Ordering::Relaxed);
             (StatusCode::OK, [("content-type", "application/json")])
         }
@@ -106,6 +111,12 @@ impl FakeProvider {
         self.inner.count.store(0, Ordering::Relaxed);
         self.inner.duplicates.store(0, Ordering::Relaxed);
         self.inner.seen.lock().unwrap().clear();
+        *self.inner.window.lock().unwrap() = None;
+    }
+
+    /// When the first and the latest SMS since the last reset arrived.
+    pub fn window(&self) -> Option<(Instant, Instant)> {
+        *self.inner.window.lock().unwrap()
     }
 
     pub async fn wait_for(&self, n: usize, timeout: Duration) -> anyhow::Result<()> {
@@ -119,8 +130,40 @@ impl FakeProvider {
         Ok(())
     }
 
+    /// The drain of `n` jobs whose consumer was started at `started`, once all `n` arrived.
+    pub fn drain(&self, n: usize, started: Instant) -> Drain {
+        let (first, last) = self.window().unwrap_or((started, started));
+        Drain {
+            jobs: n,
+            total: last.saturating_duration_since(started),
+            start_up: first.saturating_duration_since(started),
+        }
+    }
+
     pub async fn stop(self) {
         self.task.abort();
+    }
+}
+
+/// How a backlog drained: from the start of the consumer's process to the last SMS, of which the
+/// time to the first SMS is start-up (connecting, declaring, the first deliveries).
+#[derive(Debug, Clone, Copy)]
+pub struct Drain {
+    pub jobs: usize,
+    pub total: Duration,
+    pub start_up: Duration,
+}
+
+impl Drain {
+    /// Jobs per second over the whole drain, start-up included.
+    pub fn rate(&self) -> f64 {
+        self.jobs as f64 / self.total.as_secs_f64().max(1e-9)
+    }
+
+    /// Jobs per second from the first SMS to the last: the pipeline's throughput once running.
+    pub fn steady_rate(&self) -> f64 {
+        let run = self.total.saturating_sub(self.start_up);
+        self.jobs.saturating_sub(1) as f64 / run.as_secs_f64().max(1e-9)
     }
 }
 
