@@ -260,8 +260,12 @@ impl Stack {
                         name: name.clone(),
                     },
                 );
-                let root = pg_url.rsplit_once('/').context("PostgreSQL URL")?.0;
-                format!("{root}/{name}")
+                let (server, query) = match pg_url.split_once('?') {
+                    Some((server, query)) => (server, format!("?{query}")),
+                    None => (pg_url, String::new()),
+                };
+                let root = server.rsplit_once('/').context("PostgreSQL URL")?.0;
+                format!("{root}/{name}{query}")
             }
         };
         let conn = msgcontact::db::connect(&db_url, 4).await?;
