@@ -307,7 +307,7 @@ pub async fn refresh_statistics(db: &DatabaseConnection) -> Result<Vec<String>, 
              JOIN pg_class c ON c.oid = s.relid \
              WHERE s.schemaname = current_schema() AND s.relname = ANY($1::text[]) \
                AND s.n_live_tup >= $2 AND s.n_live_tup > 2 * GREATEST(c.reltuples, 0)",
-            [crate::db::text_array(HOT_TABLES), STALE_MIN_ROWS.into()],
+            [text_array(HOT_TABLES), STALE_MIN_ROWS.into()],
         ))
         .await?;
     let mut analyzed = Vec::new();
