@@ -1040,6 +1040,20 @@ async fn claim(
     })
 }
 
+/// Ends a queued request that waited longer than a code lives, without an SMS.
+async fn expired(shared: &Shared, request_id: &str) -> Result<Disposition, DbErr> {
+    set_outcome(
+        shared,
+        request_id,
+        failed(
+            "CodeExpired",
+            "The request waited in the queue longer than a code lives.",
+        ),
+    )
+    .await?;
+    Ok(Disposition::Ack)
+}
+
 /// Rate-limit waits longer than this re-read the request: its rows may have moved meanwhile.
 const STALE_AFTER_WAIT: Duration = Duration::from_millis(50);
 
@@ -1076,19 +1090,10 @@ async fn process(shared: &Shared, job: &SendJob, ctx: &JobCtx) -> Result<Disposi
         // A verification SMS is only worth sending while the code the user waits for would
         // still be valid; a request that waited longer than that (an overload backlog) ends
         // without an SMS.
-        if matches!(status, Some(SendStatus::Queued))
-            && req.accepted_ms + shared.policy.code_ttl().as_millis() as i64 <= now_ms()
-        {
-            set_outcome(
-                shared,
-                &req.request_id,
-                failed(
-                    "CodeExpired",
-                    "The request waited in the queue longer than a code lives.",
-                ),
-            )
-            .await?;
-            return Ok(Disposition::Ack);
+        let worth_until = matches!(status, Some(SendStatus::Queued))
+            .then(|| req.accepted_ms + shared.policy.code_ttl().as_millis() as i64);
+        if worth_until.is_some_and(|ms| ms <= now_ms()) {
+            return expired(shared, &req.request_id).await;
         }
         // Rate limits before the claim: a deferred job keeps its attempt number and state. Only a
         // redelivered in-flight attempt (ambiguous) must not be republished, so it waits in place.
@@ -1096,9 +1101,17 @@ async fn process(shared: &Shared, job: &SendJob, ctx: &JobCtx) -> Result<Disposi
             gated = true;
             let may_defer = matches!(status, Some(SendStatus::Queued | SendStatus::Retrying));
             let waited = std::time::Instant::now();
-            let gate = shared.limits.acquire(&req.phone, may_defer).await;
+            // Its turn is only worth taking while the request is still worth an SMS.
+            let deadline = worth_until.map(|ms| {
+                std::time::Instant::now()
+                    + Duration::from_millis(u64::try_from(ms - now_ms()).unwrap_or(0))
+            });
+            let gate = shared.limits.acquire(&req.phone, may_defer, deadline).await;
             let waited = waited.elapsed();
             metrics::histogram!(msgcontact::metrics::RATE_LIMIT_WAIT).record(waited.as_secs_f64());
+            if gate == limits::Gate::Late {
+                return expired(shared, &req.request_id).await;
+            }
             if let limits::Gate::Defer(wait) = gate {
                 let delays = &shared.topology.retry_delays;
                 let level = (0..delays.len())
