@@ -134,12 +134,8 @@ impl Limits {
         if !slot_wait.is_zero() {
             tokio::time::sleep(slot_wait).await;
         }
-        if deadline.is_none() {
-            self.global.until_ready().await;
-            return Gate::Go;
-        }
-        // `until_ready` would take the turn whenever it comes; checking first leaves a turn after
-        // the deadline to others.
+        // What `until_ready` does, with the deadline looked at before each wait: it would take the
+        // turn whenever it came, and one after the deadline belongs to others.
         loop {
             match self.global.check() {
                 Ok(()) => return Gate::Go,
