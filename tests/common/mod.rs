@@ -228,7 +228,7 @@ pub struct TestApp {
     worker_task: Option<JoinHandle<()>>,
     extra_workers: Vec<JoinHandle<()>>,
     pub worker_addr: Option<SocketAddr>,
-    pg_database: Option<String>,
+    leftovers: Leftovers,
     _dir: Option<TempDir>,
     http: reqwest::Client,
 }
@@ -239,6 +239,67 @@ pub struct TempDir(pub PathBuf);
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// What a test made on the shared servers (its queues, its PostgreSQL database), removed when the
+/// test ends however it ends: by [`TestApp::cleanup`], or on drop when the test failed before it
+/// (`MSGCONTACT_TEST_KEEP=1` keeps a failed test's leftovers for a look and prints their names).
+struct Leftovers {
+    queues: Vec<String>,
+    pg_database: Option<String>,
+    armed: bool,
+}
+
+impl Leftovers {
+    async fn remove(&mut self) {
+        self.armed = false;
+        if let Ok(conn) = msgcontact::amqp::connect(&amqp_url(), "test-cleanup").await
+            && let Ok(ch) = conn.create_channel().await
+        {
+            for q in &self.queues {
+                let _ = ch.queue_delete(q.as_str().into(), Default::default()).await;
+            }
+            let _ = conn.close(200, "bye".into()).await;
+        }
+        if let Some(name) = self.pg_database.take()
+            && let Ok(admin) = Database::connect(pg_admin_url()).await
+        {
+            let _ = admin
+                .execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                .await;
+        }
+    }
+}
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        if std::env::var_os("MSGCONTACT_TEST_KEEP").is_some() {
+            eprintln!(
+                "kept for inspection: queues {:?}, database {:?}",
+                self.queues, self.pg_database
+            );
+            return;
+        }
+        // Dropped inside the test's runtime (often while a panic unwinds), which cannot be
+        // blocked on: the removal runs on a runtime of its own on another thread.
+        let mut this = Leftovers {
+            queues: std::mem::take(&mut self.queues),
+            pg_database: self.pg_database.take(),
+            armed: false,
+        };
+        let _ = std::thread::spawn(move || {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                rt.block_on(this.remove());
+            }
+        })
+        .join();
     }
 }
 
@@ -323,6 +384,14 @@ impl TestApp {
                 (format!("{root}/{name}"), Some(name), None)
             }
         };
+        let topology = infra(&db_url, &prefix, &options).topology();
+        let mut queues = vec![topology.work_queue(), topology.dead_letter_queue()];
+        queues.extend((0..topology.retry_delays.len()).map(|l| topology.retry_queue(l)));
+        let leftovers = Leftovers {
+            queues,
+            pg_database,
+            armed: true,
+        };
         let (inbox, inbox_addr, inbox_task) = start_inbox(options.webhook_status).await;
         let policy = PolicyConfig {
             supported_country_codes: SupportedCountries::new(vec![86]),
@@ -383,7 +452,7 @@ impl TestApp {
             worker_task: None,
             extra_workers: Vec::new(),
             worker_addr: None,
-            pg_database,
+            leftovers,
             _dir: dir,
             http: reqwest::Client::new(),
         };
@@ -744,25 +813,8 @@ impl TestApp {
         for t in self.tasks.drain(..).skip(1) {
             let _ = t.await;
         }
-        if let Ok(conn) = msgcontact::amqp::connect(&amqp_url(), "test-cleanup").await
-            && let Ok(ch) = conn.create_channel().await
-        {
-            let topology = self.topology();
-            let mut queues = vec![topology.work_queue(), topology.dead_letter_queue()];
-            queues.extend((0..topology.retry_delays.len()).map(|l| topology.retry_queue(l)));
-            for q in queues {
-                let _ = ch.queue_delete(q.as_str().into(), Default::default()).await;
-            }
-            let _ = conn.close(200, "bye".into()).await;
-        }
-        if let Some(name) = self.pg_database.take() {
-            self.db.clone().close().await.ok();
-            if let Ok(admin) = Database::connect(pg_admin_url()).await {
-                let _ = admin
-                    .execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-                    .await;
-            }
-        }
+        self.db.clone().close().await.ok();
+        self.leftovers.remove().await;
     }
 }
 
