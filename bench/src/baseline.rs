@@ -157,6 +157,10 @@ impl PublishServer {
         anyhow::bail!("baseline (a) did not start")
     }
 
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     pub async fn purge(&self) -> anyhow::Result<()> {
         let conn = Connection::connect(&self.amqp_url, Default::default()).await?;
         let ch = conn.create_channel().await?;

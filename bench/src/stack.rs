@@ -213,6 +213,114 @@ pub fn cpu_time(pid: Option<u32>) -> Option<Duration> {
     Some(Duration::from_millis(ticks * 10))
 }
 
+/// Who used the machine's CPU during a measurement: every process's user + system time from /proc
+/// at its start and at its end, so the figures of ours and a baseline can be split by process.
+pub struct CpuWatch {
+    start: std::collections::HashMap<u32, (String, u64)>,
+    at: Instant,
+}
+
+/// CPU time used during a [`CpuWatch`], by role.
+pub struct CpuSplit {
+    pub elapsed: Duration,
+    pub roles: Vec<(&'static str, Duration)>,
+}
+
+impl CpuSplit {
+    pub fn total(&self) -> Duration {
+        self.roles.iter().map(|(_, d)| *d).sum()
+    }
+
+    /// `role µs, …` per `n` units of work (accepted sends), and how busy the machine was.
+    pub fn per(&self, n: u64) -> String {
+        let us = |d: Duration| d.as_secs_f64() * 1e6 / n.max(1) as f64;
+        let cores = std::thread::available_parallelism().map_or(1, |c| c.get()) as f64;
+        let mut out: Vec<String> = self
+            .roles
+            .iter()
+            .map(|(role, d)| format!("{role} {:.0}", us(*d)))
+            .collect();
+        out.push(format!(
+            "total {:.0} µs; machine {:.0} % busy",
+            us(self.total()),
+            100.0 * self.total().as_secs_f64() / (cores * self.elapsed.as_secs_f64().max(1e-9))
+        ));
+        out.join(", ")
+    }
+}
+
+fn ticks_by_pid() -> std::collections::HashMap<u32, (String, u64)> {
+    let mut all = std::collections::HashMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return all;
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let comm = stat[open + 1..close].to_owned();
+        let f: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+        if let (Some(u), Some(s)) = (
+            f.get(11).and_then(|v| v.parse::<u64>().ok()),
+            f.get(12).and_then(|v| v.parse::<u64>().ok()),
+        ) {
+            all.insert(pid, (comm, u + s));
+        }
+    }
+    all
+}
+
+impl CpuWatch {
+    pub fn start() -> Self {
+        Self {
+            start: ticks_by_pid(),
+            at: Instant::now(),
+        }
+    }
+
+    /// CPU time since the start of each of `own` (role, pid), then of the broker (`beam.smp`),
+    /// PostgreSQL's processes and everything else. A process that ended meanwhile is not counted.
+    pub fn split(&self, own: &[(&'static str, Option<u32>)]) -> CpuSplit {
+        let end = ticks_by_pid();
+        let mut roles: Vec<(&'static str, u64)> = own.iter().map(|(r, _)| (*r, 0)).collect();
+        let (mut broker, mut database, mut other) = (0, 0, 0);
+        for (pid, (comm, ticks)) in &end {
+            let used = ticks - self.start.get(pid).map_or(0, |(_, t)| (*t).min(*ticks));
+            if let Some(i) = own.iter().position(|(_, p)| *p == Some(*pid)) {
+                roles[i].1 += used;
+            } else if comm == "beam.smp" || comm == "erl_child_setup" {
+                broker += used;
+            } else if comm == "postgres" {
+                database += used;
+            } else {
+                other += used;
+            }
+        }
+        roles.extend([
+            ("broker", broker),
+            ("PostgreSQL", database),
+            ("other", other),
+        ]);
+        CpuSplit {
+            elapsed: self.at.elapsed(),
+            roles: roles
+                .into_iter()
+                .map(|(r, t)| (r, Duration::from_millis(t * 10)))
+                .collect(),
+        }
+    }
+}
+
 pub struct Stack {
     pub db_url: String,
     pub prefix: String,
