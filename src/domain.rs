@@ -167,12 +167,17 @@ fn valid_mobile(number: &str, cc: &str, national: &str, country_code: u16) -> bo
     }
     // No separate `is_valid`: it is "the type is not Unknown" by the same metadata, which a mobile
     // type already says, and it classified the number a second time (half of this function's cost).
+    // The library's national number must be the digits given: parsing strips a trunk prefix
+    // (`86-013912341234` reads as 139…), but the number is stored and sent as given, and the
+    // provider would get 86 0139….
     let valid = phonenumber::parse(None, format!("+{cc}{national}")).is_ok_and(|parsed| {
         let is_mobile = matches!(
             parsed.number_type(&phonenumber::metadata::DATABASE),
             phonenumber::Type::Mobile | phonenumber::Type::FixedLineOrMobile
         );
-        is_mobile && parsed.code().value() == country_code
+        is_mobile
+            && parsed.code().value() == country_code
+            && parsed.national().to_string() == national
     });
     let mut memo = VALIDATED.lock().unwrap_or_else(|p| p.into_inner());
     if memo.len() >= VALIDATED_MAX {
@@ -442,11 +447,16 @@ mod tests {
                 "{bad}"
             );
         }
-        // Well formed, but not a valid Chinese mobile number (fixed line, too short).
+        // Well formed, but not a valid Chinese mobile number (fixed line, too short, a trunk
+        // prefix the library would strip but the provider would be sent).
         // Twice each: the second answer comes from the remembered validation.
         for _ in 0..2 {
             assert!(PhoneNumber::parse("86-1012345678", &cn).is_err());
             assert!(PhoneNumber::parse("86-139123", &cn).is_err());
+            assert_eq!(
+                PhoneNumber::parse("86-013912341234", &cn),
+                Err(ApiError::InvalidParameter("PhoneNumber"))
+            );
             assert!(PhoneNumber::parse("86-13912341234", &cn).is_ok());
         }
         // Unsupported country.
