@@ -204,13 +204,23 @@ pub fn rss_mib(pid: Option<u32>) -> String {
 
 /// CPU time (user + system, all threads) a process has used so far, from /proc.
 pub fn cpu_time(pid: Option<u32>) -> Option<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid?)).ok()?;
-    // Fields after the parenthesised command name (which may hold spaces); utime and stime are
-    // the 14th and 15th fields overall, in clock ticks of 1/100 s on Linux.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-    Some(Duration::from_millis(ticks * 10))
+    proc_stat(pid?).map(|(_, ticks)| from_ticks(ticks))
+}
+
+/// A process's command name and CPU clock ticks so far, from `/proc/{pid}/stat`.
+fn proc_stat(pid: u32) -> Option<(String, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is parenthesised (and may hold spaces); utime and stime are the 14th and
+    // 15th fields overall.
+    let (open, close) = (stat.find('(')?, stat.rfind(')')?);
+    let f: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some((stat[open + 1..close].to_owned(), ticks))
+}
+
+/// Clock ticks are 1/100 s on Linux.
+fn from_ticks(ticks: u64) -> Duration {
+    Duration::from_millis(ticks * 10)
 }
 
 /// Who used the machine's CPU during a measurement: every process's user + system time from /proc
@@ -250,34 +260,13 @@ impl CpuSplit {
 }
 
 fn ticks_by_pid() -> std::collections::HashMap<u32, (String, u64)> {
-    let mut all = std::collections::HashMap::new();
     let Ok(dir) = std::fs::read_dir("/proc") else {
-        return all;
+        return Default::default();
     };
-    for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
-            continue;
-        };
-        let comm = stat[open + 1..close].to_owned();
-        let f: Vec<&str> = stat[close + 2..].split_whitespace().collect();
-        if let (Some(u), Some(s)) = (
-            f.get(11).and_then(|v| v.parse::<u64>().ok()),
-            f.get(12).and_then(|v| v.parse::<u64>().ok()),
-        ) {
-            all.insert(pid, (comm, u + s));
-        }
-    }
-    all
+    dir.flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| Some((pid, proc_stat(pid)?)))
+        .collect()
 }
 
 impl CpuWatch {
@@ -289,7 +278,8 @@ impl CpuWatch {
     }
 
     /// CPU time since the start of each of `own` (role, pid), then of the broker (`beam.smp`),
-    /// PostgreSQL's processes and everything else. A process that ended meanwhile is not counted.
+    /// PostgreSQL's processes and everything else. A process that ended meanwhile is not counted
+    /// (the pools here keep their connections); one that started meanwhile counts whole.
     pub fn split(&self, own: &[(&'static str, Option<u32>)]) -> CpuSplit {
         let end = ticks_by_pid();
         let mut roles: Vec<(&'static str, u64)> = own.iter().map(|(r, _)| (*r, 0)).collect();
@@ -313,10 +303,7 @@ impl CpuWatch {
         ]);
         CpuSplit {
             elapsed: self.at.elapsed(),
-            roles: roles
-                .into_iter()
-                .map(|(r, t)| (r, Duration::from_millis(t * 10)))
-                .collect(),
+            roles: roles.into_iter().map(|(r, t)| (r, from_ticks(t))).collect(),
         }
     }
 }
