@@ -13,6 +13,7 @@ pub const PUBLISH_CONFIRMS: &str = "msgcontact_publish_confirms_total";
 pub const PUBLISH_DURATION: &str = "msgcontact_publish_duration_seconds";
 pub const WRITE_BATCH_SIZE: &str = "msgcontact_write_batch_size";
 pub const WRITE_BATCH_DURATION: &str = "msgcontact_write_batch_duration_seconds";
+pub const WRITE_WAIT: &str = "msgcontact_write_wait_seconds";
 pub const SENT_BATCH_SIZE: &str = "msgcontact_worker_sent_batch_size";
 pub const QUEUE_READY: &str = "msgcontact_queue_messages_ready";
 pub const QUEUE_CONSUMERS: &str = "msgcontact_queue_consumers";

@@ -97,6 +97,18 @@ async fn metrics_health_and_queue_depth() {
         text.contains("msgcontact_api_request_duration_seconds_bucket{"),
         "histogram, not summary"
     );
+    // The stages of an accepted send, so an operator can tell where its latency went.
+    for stage in [
+        "msgcontact_write_wait_seconds",
+        "msgcontact_write_batch_duration_seconds",
+        "msgcontact_publish_duration_seconds",
+    ] {
+        assert!(
+            sample(&text, &format!("{stage}_count"), &[]).is_some_and(|n| n >= 1.0),
+            "{stage}: {text}"
+        );
+        assert!(text.contains(&format!("{stage}_bucket{{")), "{stage}");
+    }
     let (_, text) = get(&format!("{worker}/metrics")).await;
     assert!(
         sample(&text, "msgcontact_jobs_total", &[("outcome", "Sent")]).is_some_and(|n| n >= 1.0),

@@ -146,16 +146,20 @@ impl Writer {
 
     /// Applies one operation in the next batch and returns its own outcome.
     pub async fn submit(&self, op: Op) -> Result<(), ApiError> {
+        // Recorded beside the batch's own duration, which misses the batches queued ahead: in a
+        // disk stall batches fill to the maximum one after another, each still fairly short,
+        // while the requests behind them wait for all of them.
+        let started = std::time::Instant::now();
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Job { op, reply })
-            .await
-            .map_err(|_| ApiError::ServiceUnavailable {
-                retry_after_ms: 1000,
-            })?;
-        rx.await.map_err(|_| ApiError::ServiceUnavailable {
+        let outcome = match self.tx.send(Job { op, reply }).await {
+            Ok(()) => rx.await.ok(),
+            Err(_) => None,
+        };
+        metrics::histogram!(msgcontact::metrics::WRITE_WAIT)
+            .record(started.elapsed().as_secs_f64());
+        outcome.unwrap_or(Err(ApiError::ServiceUnavailable {
             retry_after_ms: 1000,
-        })?
+        }))
     }
 }
 
