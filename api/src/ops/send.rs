@@ -48,7 +48,7 @@ pub async fn send_phone(
     // Backpressure right after the parameters are known good: while the queue is full (or the
     // broker away) the answer is a fast 503 that reads nothing, takes no quota and writes nothing
     // but the nonce. The caller retries after retry-after and then gets the remaining checks.
-    if state.publisher.refusing() {
+    let Some(admission) = state.publisher.admit() else {
         metrics::counter!("msgcontact_sends_shed_total").increment(1);
         if let Some(n) = nonce {
             state.writer.record_nonce_later(n);
@@ -56,7 +56,7 @@ pub async fn send_phone(
         return Err(ApiError::ServiceUnavailable {
             retry_after_ms: 1000,
         });
-    }
+    };
 
     let now = now_ms();
     let day = utc_day(now);
@@ -98,6 +98,7 @@ pub async fn send_phone(
             retry_after_ms: 1000,
         });
     }
+    admission.confirmed();
     tracing::info!(request_id = %rid, trace_id = %trace_id, contact_id = %id, phone = %phone.masked(), "send accepted");
     Ok(obj! {})
 }
