@@ -152,6 +152,12 @@ impl Stats {
         v[i]
     }
 
+    /// Mean latency of successful requests.
+    pub fn mean(&self) -> Duration {
+        let total: Duration = self.ok_latencies.iter().sum();
+        total / (self.ok_latencies.len().max(1) as u32)
+    }
+
     /// Quantile of successful requests' latency.
     pub fn p(&self, q: f64) -> Duration {
         Self::pick(&self.ok_latencies, q)
@@ -227,6 +233,22 @@ pub async fn open_loop(target: &Target, rate: f64, dur: Duration) -> Stats {
     s.elapsed = started.elapsed().min(dur.max(Duration::from_millis(1)));
     s.finish();
     s
+}
+
+/// Two open loops at the same rate in the same moments, `a`'s requests due halfway between
+/// `b`'s: whatever the machine does during the window (a disk stall, a busy neighbour) it does to
+/// both, so their tails compare the two systems rather than the moments each was measured in.
+pub async fn open_loop_side_by_side(
+    a: &Target,
+    b: &Target,
+    rate: f64,
+    dur: Duration,
+) -> (Stats, Stats) {
+    let offset = Duration::from_secs_f64(0.5 / rate);
+    tokio::join!(open_loop(a, rate, dur), async {
+        tokio::time::sleep(offset).await;
+        open_loop(b, rate, dur).await
+    })
 }
 
 /// Sends one request to each of the first `n` contacts (`conc` at a time); returns how many got 200.

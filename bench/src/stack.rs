@@ -474,6 +474,11 @@ impl Stack {
         self.api.as_ref().expect("API started").1
     }
 
+    /// The run's own directory (removed when the stack goes).
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
     pub fn api_pid(&self) -> Option<u32> {
         self.api.as_ref().and_then(|a| a.0.id())
     }
@@ -576,6 +581,15 @@ impl Stack {
             .all(&self.db)
             .await?;
         Ok(rows)
+    }
+
+    /// The API's accept-path stage totals now (from its /metrics).
+    pub async fn stages(&self) -> anyhow::Result<Stages> {
+        let text = reqwest::get(format!("http://{}/metrics", self.api_addr()))
+            .await?
+            .text()
+            .await?;
+        Ok(Stages::parse(&text))
     }
 
     /// Scrapes the API's /metrics at an interval until stopped; reports (scrapes, mean duration).
@@ -686,5 +700,58 @@ async fn wait_healthy(addr: SocketAddr) -> anyhow::Result<()> {
             bail!("process at {addr} did not become ready (see its log)");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Running totals (sum, count) of the API's accept-path histograms: the difference of two
+/// readings says where a level's time went.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Stages {
+    request: (f64, f64),
+    write_wait: (f64, f64),
+    batch: (f64, f64),
+    batch_size: (f64, f64),
+    publish: (f64, f64),
+}
+
+impl Stages {
+    fn parse(text: &str) -> Self {
+        let total = |name: &str| {
+            let value = |suffix: &str| {
+                text.lines()
+                    .filter_map(|l| l.strip_prefix(name)?.strip_prefix(suffix))
+                    .filter(|rest| {
+                        rest.starts_with(' ')
+                            || rest
+                                .starts_with("{action=\"SendPhoneVerificationForMessageContact\"}")
+                    })
+                    .filter_map(|rest| rest.rsplit(' ').next()?.parse::<f64>().ok())
+                    .sum::<f64>()
+            };
+            (value("_sum"), value("_count"))
+        };
+        use msgcontact::metrics as m;
+        Self {
+            request: total(m::API_DURATION),
+            write_wait: total(m::WRITE_WAIT),
+            batch: total(m::WRITE_BATCH_DURATION),
+            batch_size: total(m::WRITE_BATCH_SIZE),
+            publish: total(m::PUBLISH_DURATION),
+        }
+    }
+
+    /// Mean per send of each stage between `earlier` and `self`, as one line.
+    pub fn since(&self, earlier: &Stages) -> String {
+        let mean = |a: (f64, f64), b: (f64, f64)| (a.0 - b.0) / (a.1 - b.1).max(1.0);
+        let ms = |a, b| mean(a, b) * 1000.0;
+        let request = ms(self.request, earlier.request);
+        let wait = ms(self.write_wait, earlier.write_wait);
+        let publish = ms(self.publish, earlier.publish);
+        format!(
+            "request {request:.2} ms = its shared transaction {wait:.2} (batches of {:.1} sends, {:.2} ms each) + publish to confirm {publish:.2} + the rest {:.2}",
+            mean(self.batch_size, earlier.batch_size),
+            ms(self.batch, earlier.batch),
+            request - wait - publish,
+        )
     }
 }
