@@ -94,6 +94,9 @@ struct RunArgs {
     /// Jobs drained in the end-to-end comparison.
     #[arg(long, default_value_t = 5000)]
     e2e_jobs: usize,
+    /// Drains of each (ours, baseline (b)) in alternation; the target uses the median ratio.
+    #[arg(long, default_value_t = 3)]
+    e2e_rounds: usize,
     /// Only the accept path: the concurrency table and the latency at half our max rate.
     #[arg(long)]
     accept_only: bool,
@@ -498,22 +501,15 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
     base_a.stop().await;
     stack.stop().await;
 
-    // --- End-to-end: drain a pre-filled queue of N jobs; ours vs baseline (b). ---
+    // --- End-to-end: drains of a pre-filled queue of N jobs; ours and baseline (b) alternating. ---
     let n = a.e2e_jobs;
-    let ours_e2e = ours_drain(c, &provider, n).await?;
-    let flow_rate = (ours_e2e.steady_rate() / 2.0).max(1.0);
-    let sent_lat = accept_to_sent(c, &provider, flow_rate, dur).await?;
-    provider.reset();
-    let base_e2e = baseline::pipeline_drain(c, &provider, n).await?;
-    println!("\n== End to end: drain of {n} pre-filled jobs, provider unlimited ==");
-    println!("{}", drain_header());
-    println!("{}", drain_row("ours", &ours_e2e));
-    println!("{}", drain_row("base(b)", &base_e2e));
     println!(
-        "ratio: {} running (first SMS to last), {} whole drain",
-        ratio(ours_e2e.steady_rate(), base_e2e.steady_rate()),
-        ratio(ours_e2e.rate(), base_e2e.rate())
+        "\n== End to end: drains of {n} pre-filled jobs, provider unlimited, {} rounds ==",
+        a.e2e_rounds
     );
+    let drains = alternating_drains(c, &provider, n, a.e2e_rounds).await?;
+    let flow_rate = (drains.ours_median / 2.0).max(1.0);
+    let sent_lat = accept_to_sent(c, &provider, flow_rate, dur).await?;
     println!(
         "accept→Sent at {flow_rate:.0} sends/s (worker running): p50 {} ms, p99 {} ms over {} requests",
         sent_lat.0, sent_lat.1, sent_lat.2
@@ -533,33 +529,17 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         half_ratios.len()
     );
     println!(
-        "end-to-end jobs/s (running) ≥ 0.8× base(b): {} ({:.2})",
-        if ours_e2e.steady_rate() >= 0.8 * base_e2e.steady_rate() {
+        "end-to-end jobs/s (running) ≥ 0.8× base(b): {} ({:.2}, median of {} rounds)",
+        if drains.ratio >= 0.8 {
             "met"
         } else {
             "NOT met"
         },
-        ours_e2e.steady_rate() / base_e2e.steady_rate()
+        drains.ratio,
+        a.e2e_rounds.max(1)
     );
     provider.stop().await;
     Ok(())
-}
-
-fn drain_header() -> String {
-    format!(
-        "{:>8} | {:>12} {:>13} | {:>10} {:>9}",
-        "", "running j/s", "whole j/s", "start-up", "total"
-    )
-}
-
-fn drain_row(name: &str, d: &Drain) -> String {
-    format!(
-        "{name:>8} | {:>12.0} {:>13.0} | {:>7} ms {:>6} ms",
-        d.steady_rate(),
-        d.rate(),
-        ms(d.start_up),
-        ms(d.total)
-    )
 }
 
 fn prefetch_env(c: &Common) -> [(&'static str, String); 1] {
@@ -610,17 +590,21 @@ async fn accept_to_sent(
 }
 
 /// End-to-end only: ours and baseline (b) drains alternate, then accept→Sent in flow.
-async fn e2e(a: E2eArgs) -> anyhow::Result<()> {
-    let c = &a.common;
-    println!(
-        "msgcontact-bench e2e: database {:?}, {} jobs per drain, {} rounds, prefetch {}, {} cores",
-        c.db,
-        a.jobs,
-        a.rounds,
-        c.prefetch,
-        std::thread::available_parallelism()?
-    );
-    let provider = FakeProvider::start(None).await?;
+/// The medians of alternating drains: ours over baseline (b) (first SMS to last), and ours.
+struct Drains {
+    ratio: f64,
+    ours_median: f64,
+}
+
+/// `rounds` drains of `jobs` pre-filled jobs each, ours then baseline (b), printed as a table;
+/// a drain of a few seconds is one coin toss on this disk's sync stalls, so the figures are the
+/// medians of the rounds.
+async fn alternating_drains(
+    c: &Common,
+    provider: &FakeProvider,
+    jobs: usize,
+    rounds: usize,
+) -> anyhow::Result<Drains> {
     let mut ratios = Vec::new();
     let mut ours_all = Vec::new();
     println!(
@@ -634,10 +618,10 @@ async fn e2e(a: E2eArgs) -> anyhow::Result<()> {
         "ratio",
         "start-up ms o/b"
     );
-    for round in 1..=a.rounds {
-        let ours = ours_drain(c, &provider, a.jobs).await?;
+    for round in 1..=rounds.max(1) {
+        let ours = ours_drain(c, provider, jobs).await?;
         provider.reset();
-        let base = baseline::pipeline_drain(c, &provider, a.jobs).await?;
+        let base = baseline::pipeline_drain(c, provider, jobs).await?;
         println!(
             "{round:>5} | {:>10.0} {:>11.0} {:>6} | {:>10.0} {:>11.0} {:>6} | {:>6}/{}",
             ours.steady_rate(),
@@ -662,7 +646,25 @@ async fn e2e(a: E2eArgs) -> anyhow::Result<()> {
         ratios[ratios.len() - 1],
         median(&ours_all)
     );
-    let rate = (median(&ours_all) / 2.0).max(1.0);
+    Ok(Drains {
+        ratio: median(&ratios),
+        ours_median: median(&ours_all),
+    })
+}
+
+async fn e2e(a: E2eArgs) -> anyhow::Result<()> {
+    let c = &a.common;
+    println!(
+        "msgcontact-bench e2e: database {:?}, {} jobs per drain, {} rounds, prefetch {}, {} cores",
+        c.db,
+        a.jobs,
+        a.rounds,
+        c.prefetch,
+        std::thread::available_parallelism()?
+    );
+    let provider = FakeProvider::start(None).await?;
+    let drains = alternating_drains(c, &provider, a.jobs, a.rounds).await?;
+    let rate = (drains.ours_median / 2.0).max(1.0);
     let (p50, p99, n) =
         accept_to_sent(c, &provider, rate, Duration::from_secs(a.flow_seconds)).await?;
     println!(
