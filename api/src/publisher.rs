@@ -100,15 +100,6 @@ pub struct Admission<'a> {
     probe: bool,
 }
 
-impl Admission<'_> {
-    /// The broker confirmed this send: a probe reopens the queue for everyone.
-    pub fn confirmed(self) {
-        if self.probe {
-            self.gate.full_until_ms.store(0, Ordering::Relaxed);
-        }
-    }
-}
-
 impl Drop for Admission<'_> {
     fn drop(&mut self) {
         if self.probe {
@@ -118,6 +109,10 @@ impl Drop for Admission<'_> {
 }
 
 impl FullGate {
+    fn reopen(&self) {
+        self.full_until_ms.store(0, Ordering::Relaxed);
+    }
+
     fn refused(&self, now_ms: i64) {
         self.full_until_ms
             .store(now_ms + FULL_FOR_MS, Ordering::Relaxed);
@@ -179,9 +174,11 @@ impl Publisher {
             .clone()
     }
 
-    /// Publishes a job (persistent, mandatory) and waits for the broker's confirm.
+    /// Publishes a job (persistent, mandatory) and waits for the broker's confirm. The send's
+    /// admission ends with it: a probe of a full queue that is confirmed reopens it for everyone.
     pub async fn publish(
         &self,
+        admission: Admission<'_>,
         job: &SendJob,
         traceparent: Option<&str>,
     ) -> Result<(), PublishError> {
@@ -193,10 +190,12 @@ impl Publisher {
             Some(s) => self.publish_on(&s, job, traceparent).await,
         };
         match &result {
+            Ok(()) if admission.probe => self.gate.reopen(),
             Err(PublishError::Broker(_) | PublishError::Disconnected) => self.lost.notify_one(),
             Err(PublishError::Nacked) => self.gate.refused(msgcontact::time::now_ms()),
             _ => {}
         }
+        drop(admission);
         let label = match &result {
             Ok(()) => "ack",
             Err(PublishError::Nacked) => "nack",
@@ -251,7 +250,7 @@ impl Publisher {
     /// the queue was full a moment ago (or another send is finding out whether it still is), the
     /// connection is blocked by a resource alarm, or there is no session. The API then answers 503
     /// before reserving anything, so a flood at the queue's max length costs no database writes.
-    /// Keep the admission until the publish's outcome is known.
+    /// Hand the admission to [`Publisher::publish`], which ends it with the outcome.
     pub fn admit(&self) -> Option<Admission<'_>> {
         if self
             .current()
@@ -346,7 +345,9 @@ mod tests {
         drop(probe);
         assert!(gate.admit(3_000).is_none());
         let probe = gate.admit(3_610).expect("probe after the second");
-        probe.confirmed();
+        assert!(probe.probe);
+        gate.reopen();
+        drop(probe);
         let a = gate.admit(3_620).expect("open again");
         let b = gate.admit(3_620).expect("for everyone at once");
         assert!(!a.probe && !b.probe);

@@ -606,7 +606,6 @@ async fn accept_to_sent(
     Ok(lat)
 }
 
-/// End-to-end only: ours and baseline (b) drains alternate, then accept→Sent in flow.
 /// The medians of alternating drains: ours over baseline (b) (first SMS to last), and ours.
 struct Drains {
     ratio: f64,
@@ -669,6 +668,7 @@ async fn alternating_drains(
     })
 }
 
+/// End-to-end only: ours and baseline (b) drains alternate, then accept→Sent in flow.
 async fn e2e(a: E2eArgs) -> anyhow::Result<()> {
     let c = &a.common;
     println!(

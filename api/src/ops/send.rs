@@ -89,7 +89,7 @@ pub async fn send_phone(
     );
     if let Err(e) = state
         .publisher
-        .publish(&SendJob::new(rid.clone()), Some(&traceparent))
+        .publish(admission, &SendJob::new(rid.clone()), Some(&traceparent))
         .await
     {
         tracing::warn!(request_id = %rid, error = %e, "publish failed; releasing quota and cooldown");
@@ -98,7 +98,6 @@ pub async fn send_phone(
             retry_after_ms: 1000,
         });
     }
-    admission.confirmed();
     tracing::info!(request_id = %rid, trace_id = %trace_id, contact_id = %id, phone = %phone.masked(), "send accepted");
     Ok(obj! {})
 }
