@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Backend, Options, TestApp, assert_invariants, depth, fake_sms::Step};
+use common::{Backend, Options, TestApp, assert_invariants, depth, depth_settled, fake_sms::Step};
 use sea_orm::EntityTrait;
 
 on_both_backends! {
@@ -461,12 +461,21 @@ async fn dead_letters_can_be_listed_and_replayed(backend: Backend) {
         (listed[0].request_id.as_deref(), listed[0].reason.as_str()),
         (Some(rid.as_str()), "crashed 10 times")
     );
-    assert_eq!(depth(&dlq).await, 1, "listing leaves dead letters in place");
+    let settle = Duration::from_secs(5);
+    assert_eq!(
+        depth_settled(&dlq, 1, settle).await,
+        1,
+        "listing leaves dead letters in place"
+    );
     let dry = msgcontact_worker::admin::dlq_replay(&conn, &topology, 10, true)
         .await
         .unwrap();
     assert_eq!(
-        (dry.len(), depth(&dlq).await, depth(&app.work_queue()).await),
+        (
+            dry.len(),
+            depth_settled(&dlq, 1, settle).await,
+            depth(&app.work_queue()).await
+        ),
         (1, 1, 0)
     );
     let moved = msgcontact_worker::admin::dlq_replay(&conn, &topology, 10, false)
@@ -476,7 +485,7 @@ async fn dead_letters_can_be_listed_and_replayed(backend: Backend) {
         (
             moved.len(),
             depth(&dlq).await,
-            depth(&app.work_queue()).await
+            depth_settled(&app.work_queue(), 1, settle).await
         ),
         (1, 0, 1)
     );

@@ -938,6 +938,21 @@ pub async fn depth(queue: &str) -> u32 {
     n
 }
 
+/// The queue's depth once it reads `expected`, or what it reads after `within`. A message a
+/// consumer gives back by closing its channel is re-queued by the quorum queue a moment after the
+/// close is confirmed, so a depth read at once can miss it.
+#[allow(dead_code)]
+pub async fn depth_settled(queue: &str, expected: u32, within: Duration) -> u32 {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let n = depth(queue).await;
+        if n == expected || tokio::time::Instant::now() >= deadline {
+            return n;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Runs each named `async fn(Backend)` once per database backend.
 #[allow(unused_macros)]
 macro_rules! on_both_backends {
