@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 pub const API_REQUESTS: &str = "msgcontact_api_requests_total";
 pub const API_DURATION: &str = "msgcontact_api_request_duration_seconds";
+pub const ACCESS_KEY_READS: &str = "msgcontact_access_key_reads_total";
 pub const PUBLISH_CONFIRMS: &str = "msgcontact_publish_confirms_total";
 pub const PUBLISH_DURATION: &str = "msgcontact_publish_duration_seconds";
 pub const WRITE_BATCH_SIZE: &str = "msgcontact_write_batch_size";

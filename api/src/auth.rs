@@ -6,7 +6,10 @@
 
 use std::{
     collections::HashMap,
-    sync::RwLock,
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -21,6 +24,7 @@ use msgcontact::{
     time::now_ms,
 };
 use sea_orm::{DatabaseConnection, DbErr, EntityTrait};
+use tokio::sync::OnceCell;
 
 use crate::{params::Params, writer::NonceKey};
 
@@ -34,10 +38,39 @@ const KEY_TTL: Duration = Duration::from_secs(60);
 /// cached at all, only keys that signed a request correctly are).
 const MAX_CACHED_KEYS: usize = 10_000;
 
+/// One read of a key from the database, shared by the requests that miss the cache meanwhile.
+type SharedRead = Arc<OnceCell<Option<access_key::Model>>>;
+
 /// Access keys by id: a read-through cache of the active ones in front of the database.
 pub struct KeyStore {
     db: DatabaseConnection,
     cache: RwLock<HashMap<String, (access_key::Model, Instant)>>,
+    /// Reads in progress by key id. When a busy key's entry expires, every request arriving
+    /// before it is read again misses together (at c=32, 32 identical reads once a minute); they
+    /// wait for the first one's read instead.
+    reading: Mutex<HashMap<String, SharedRead>>,
+    /// Reads of a key from the database (also the `ACCESS_KEY_READS` counter).
+    reads: AtomicU64,
+}
+
+/// Ends a shared read: whoever started it removes it, even if its request was dropped meanwhile
+/// (the others then finish the read themselves, which `OnceCell` allows).
+struct ReadingGuard<'a> {
+    store: &'a KeyStore,
+    id: &'a str,
+    started: bool,
+}
+
+impl Drop for ReadingGuard<'_> {
+    fn drop(&mut self) {
+        if self.started {
+            self.store
+                .reading
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(self.id);
+        }
+    }
 }
 
 impl KeyStore {
@@ -45,6 +78,8 @@ impl KeyStore {
         Self {
             db,
             cache: RwLock::default(),
+            reading: Mutex::default(),
+            reads: AtomicU64::new(0),
         }
     }
 
@@ -64,16 +99,46 @@ impl KeyStore {
         {
             return Ok((key.clone(), true));
         }
-        let key = access_key::Entity::find_by_id(id.to_owned())
-            .one(&self.db)
-            .await
-            .map_err(db_unavailable)?
+        let key = self
+            .read_shared(id)
+            .await?
             .ok_or(ApiError::AccessKeyNotFound)?;
         if key.status != status::access_key::ACTIVE {
             self.forget(id);
             return Err(ApiError::AccessKeyInactive);
         }
         Ok((key, false))
+    }
+
+    /// Reads a key, or joins the read of it already in progress. A failed read is not shared:
+    /// the next waiter tries again.
+    async fn read_shared(&self, id: &str) -> Result<Option<access_key::Model>, ApiError> {
+        let (read, started) = {
+            let mut reading = self.reading.lock().unwrap_or_else(|e| e.into_inner());
+            match reading.get(id) {
+                Some(read) => (read.clone(), false),
+                None => {
+                    let read = SharedRead::default();
+                    reading.insert(id.to_owned(), read.clone());
+                    (read, true)
+                }
+            }
+        };
+        let _guard = ReadingGuard {
+            store: self,
+            id,
+            started,
+        };
+        read.get_or_try_init(|| async {
+            self.reads.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!(msgcontact::metrics::ACCESS_KEY_READS).increment(1);
+            access_key::Entity::find_by_id(id.to_owned())
+                .one(&self.db)
+                .await
+                .map_err(db_unavailable)
+        })
+        .await
+        .cloned()
     }
 
     /// Remembers a key after it verified a signature.
@@ -293,5 +358,81 @@ pub fn db_unavailable(e: DbErr) -> ApiError {
     tracing::error!(error = %e, "database error");
     ApiError::ServiceUnavailable {
         retry_after_ms: 1000,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sea_orm::ActiveValue::Set;
+
+    /// A fresh SQLite database holding one active key, and a store in front of it.
+    async fn store_with_key(id: &str) -> (KeyStore, std::path::PathBuf) {
+        let path =
+            std::env::temp_dir().join(format!("msgcontact-keys-{}.db", uuid::Uuid::new_v4()));
+        let url = format!("sqlite://{}?mode=rwc", path.display());
+        let db = msgcontact::db::connect(&url, 4).await.expect("database");
+        access_key::Entity::insert(access_key::ActiveModel {
+            access_key_id: Set(id.into()),
+            account_id: Set("1234567890123456".into()),
+            secret: Set("testSecret".into()),
+            status: Set(status::access_key::ACTIVE.into()),
+            created_ms: Set(now_ms()),
+        })
+        .exec_without_returning(&db)
+        .await
+        .expect("key");
+        (KeyStore::new(db), path)
+    }
+
+    fn remove(path: &std::path::Path) {
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn requests_missing_one_key_together_share_one_read() {
+        let (keys, path) = store_with_key("LTAIshared").await;
+        let found = futures::future::join_all((0..32).map(|_| keys.lookup("LTAIshared"))).await;
+        assert!(
+            found
+                .iter()
+                .all(|r| matches!(r, Ok((k, false)) if k.secret == "testSecret"))
+        );
+        assert_eq!(
+            keys.reads.load(Ordering::Relaxed),
+            1,
+            "32 misses at once, one read"
+        );
+        assert!(keys.reading.lock().unwrap().is_empty(), "the read is over");
+
+        // An unknown key is not remembered: each later miss reads again, and says not found.
+        for _ in 0..2 {
+            assert!(matches!(
+                keys.lookup("LTAIunknown").await,
+                Err(ApiError::AccessKeyNotFound)
+            ));
+        }
+        assert_eq!(keys.reads.load(Ordering::Relaxed), 3);
+
+        // A verified key is served from the cache afterwards.
+        let (key, _) = keys.lookup("LTAIshared").await.expect("key");
+        keys.remember(&key);
+        assert!(matches!(keys.lookup("LTAIshared").await, Ok((_, true))));
+        assert_eq!(keys.reads.load(Ordering::Relaxed), 4);
+        remove(&path);
+    }
+
+    #[tokio::test]
+    async fn a_dropped_first_reader_leaves_no_read_behind() {
+        let (keys, path) = store_with_key("LTAIdropped").await;
+        // Polled once, then dropped mid-read (a caller that hung up): its entry goes with it.
+        let mut first = Box::pin(keys.lookup("LTAIdropped"));
+        let _ = futures::poll!(first.as_mut());
+        drop(first);
+        assert!(keys.reading.lock().unwrap().is_empty());
+        assert!(matches!(keys.lookup("LTAIdropped").await, Ok((_, false))));
+        remove(&path);
     }
 }
