@@ -97,6 +97,21 @@ async fn metrics_health_and_queue_depth() {
         text.contains("msgcontact_api_request_duration_seconds_bucket{"),
         "histogram, not summary"
     );
+    // Latency by status: the accepted send and the refused lookup are counted apart.
+    for (action, status) in [
+        ("SendPhoneVerificationForMessageContact", "200"),
+        ("GetMessageContact", "404"),
+    ] {
+        assert!(
+            sample(
+                &text,
+                "msgcontact_api_request_duration_seconds_count",
+                &[("action", action), ("status", status)]
+            )
+            .is_some_and(|n| n >= 1.0),
+            "{action} {status}: {text}"
+        );
+    }
     // The stages of an accepted send, so an operator can tell where its latency went.
     for stage in [
         "msgcontact_write_wait_seconds",

@@ -592,6 +592,15 @@ impl Stack {
         Ok(Stages::parse(&text))
     }
 
+    /// The API's own latency histogram of the sends it answered with `status`, now.
+    pub async fn send_latency(&self, status: u16) -> anyhow::Result<Buckets> {
+        let text = reqwest::get(format!("http://{}/metrics", self.api_addr()))
+            .await?
+            .text()
+            .await?;
+        Ok(Buckets::parse(&text, status))
+    }
+
     /// Scrapes the API's /metrics at an interval until stopped; reports (scrapes, mean duration).
     pub fn scrape_metrics_every(&self, every: Duration) -> Scraper {
         let url = format!("http://{}/metrics", self.api_addr());
@@ -703,6 +712,56 @@ async fn wait_healthy(addr: SocketAddr) -> anyhow::Result<()> {
     }
 }
 
+/// One reading of a cumulative latency histogram: (upper bound in seconds, count at or below it),
+/// ascending, `+Inf` last.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Buckets(Vec<(f64, f64)>);
+
+impl Buckets {
+    /// The send histogram's buckets for one status from the API's Prometheus text.
+    fn parse(text: &str, status: u16) -> Self {
+        let prefix = format!(
+            "{}_bucket{{action=\"SendPhoneVerificationForMessageContact\",status=\"{status}\",le=\"",
+            msgcontact::metrics::API_DURATION
+        );
+        let mut v: Vec<(f64, f64)> = text
+            .lines()
+            .filter_map(|l| {
+                let (le, count) = l.strip_prefix(&prefix)?.split_once("\"} ")?;
+                let le = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().ok()?
+                };
+                Some((le, count.trim().parse().ok()?))
+            })
+            .collect();
+        v.sort_by(|a, b| a.0.total_cmp(&b.0));
+        Self(v)
+    }
+
+    /// The smallest bucket bound at or below which the fraction `q` of the samples recorded
+    /// between `earlier` and `self` fell; `None` without samples.
+    pub fn quantile_since(&self, earlier: &Buckets, q: f64) -> Option<f64> {
+        let before = |le: f64| {
+            earlier
+                .0
+                .iter()
+                .find(|(b, _)| *b == le)
+                .map_or(0.0, |(_, n)| *n)
+        };
+        let deltas: Vec<(f64, f64)> = self.0.iter().map(|&(le, n)| (le, n - before(le))).collect();
+        let total = deltas.last()?.1;
+        if total <= 0.0 {
+            return None;
+        }
+        deltas
+            .iter()
+            .find(|(_, n)| *n >= q * total)
+            .map(|&(le, _)| le)
+    }
+}
+
 /// Running totals (sum, count) of the API's accept-path histograms: the difference of two
 /// readings says where a level's time went.
 #[derive(Debug, Default, Clone, Copy)]
@@ -722,8 +781,9 @@ impl Stages {
                     .filter_map(|l| l.strip_prefix(name)?.strip_prefix(suffix))
                     .filter(|rest| {
                         rest.starts_with(' ')
-                            || rest
-                                .starts_with("{action=\"SendPhoneVerificationForMessageContact\"}")
+                            || rest.starts_with(
+                                "{action=\"SendPhoneVerificationForMessageContact\",status=\"200\"}",
+                            )
                     })
                     .filter_map(|rest| rest.rsplit(' ').next()?.parse::<f64>().ok())
                     .sum::<f64>()
@@ -753,5 +813,37 @@ impl Stages {
             ms(self.batch, earlier.batch),
             request - wait - publish,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Buckets;
+
+    #[test]
+    fn a_quantile_of_the_samples_between_two_readings_is_a_bucket_bound() {
+        let reading = |counts: [u32; 4]| {
+            let mut text = String::from(
+                "msgcontact_api_request_duration_seconds_bucket{action=\"SendPhoneVerificationForMessageContact\",status=\"200\",le=\"0.001\"} 999\n",
+            );
+            for (le, n) in ["0.001", "0.0025", "0.005", "+Inf"].iter().zip(counts) {
+                text += &format!(
+                    "msgcontact_api_request_duration_seconds_bucket{{action=\"SendPhoneVerificationForMessageContact\",status=\"503\",le=\"{le}\"}} {n}\n"
+                );
+            }
+            Buckets::parse(&text, 503)
+        };
+        let earlier = reading([100, 100, 100, 100]);
+        // 1,000 more: 980 within 1 ms, 15 more within 2.5 ms, 5 within 5 ms.
+        let later = reading([1080, 1095, 1100, 1100]);
+        assert_eq!(later.quantile_since(&earlier, 0.5), Some(0.001));
+        assert_eq!(later.quantile_since(&earlier, 0.99), Some(0.0025));
+        assert_eq!(later.quantile_since(&earlier, 0.999), Some(0.005));
+        assert_eq!(
+            later.quantile_since(&later, 0.99),
+            None,
+            "no samples between"
+        );
+        assert_eq!(Buckets::parse("", 503).quantile_since(&earlier, 0.99), None);
     }
 }
