@@ -364,14 +364,14 @@ pub fn db_unavailable(e: DbErr) -> ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sea_orm::ActiveValue::Set;
+    use sea_orm::{ActiveValue::Set, TransactionTrait};
 
     /// A fresh SQLite database holding one active key, and a store in front of it.
     async fn store_with_key(id: &str) -> (KeyStore, std::path::PathBuf) {
         let path =
             std::env::temp_dir().join(format!("msgcontact-keys-{}.db", uuid::Uuid::new_v4()));
         let url = format!("sqlite://{}?mode=rwc", path.display());
-        let db = msgcontact::db::connect(&url, 4).await.expect("database");
+        let db = msgcontact::db::connect(&url, 1).await.expect("database");
         access_key::Entity::insert(access_key::ActiveModel {
             access_key_id: Set(id.into()),
             account_id: Set("1234567890123456".into()),
@@ -394,7 +394,18 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn requests_missing_one_key_together_share_one_read() {
         let (keys, path) = store_with_key("LTAIshared").await;
-        let found = futures::future::join_all((0..32).map(|_| keys.lookup("LTAIshared"))).await;
+        // The pool's one connection held elsewhere: the first reader's read waits for it, so all
+        // 32 miss while that read is under way (unheld, a first read could finish before the last
+        // lookup had begun, and that one would rightly read again).
+        let held = keys.db.begin().await.expect("the pool's connection");
+        let mut lookups: Vec<_> = (0..32)
+            .map(|_| Box::pin(keys.lookup("LTAIshared")))
+            .collect();
+        for lookup in &mut lookups {
+            assert!(futures::poll!(lookup.as_mut()).is_pending());
+        }
+        held.rollback().await.expect("rollback");
+        let found = futures::future::join_all(lookups).await;
         assert!(
             found
                 .iter()
