@@ -18,7 +18,8 @@ use crate::stack::Stack;
 #[derive(Clone)]
 pub struct Target {
     client: reqwest::Client,
-    addr: SocketAddr,
+    /// Sends rotate over these (several API processes behind one load, as a balancer would).
+    addrs: Arc<Vec<SocketAddr>>,
     /// Signed like the official SDKs (ours); the baseline takes the same bytes unsigned.
     key: Option<(String, String)>,
     contacts: Arc<Vec<(String, String)>>,
@@ -26,10 +27,20 @@ pub struct Target {
 }
 
 impl Target {
+    /// Our first API process.
     pub fn ours(stack: &Stack) -> Self {
+        Self::ours_at(stack, vec![stack.api_addr()])
+    }
+
+    /// Every API process of the stack, taking turns.
+    pub fn ours_all(stack: &Stack) -> Self {
+        Self::ours_at(stack, stack.api_addrs())
+    }
+
+    fn ours_at(stack: &Stack, addrs: Vec<SocketAddr>) -> Self {
         Self {
             client: client(),
-            addr: stack.api_addr(),
+            addrs: Arc::new(addrs),
             key: Some((stack.key_id.clone(), stack.secret.clone())),
             contacts: stack.contacts.clone(),
             next: Default::default(),
@@ -39,7 +50,7 @@ impl Target {
     pub fn plain(addr: SocketAddr) -> Self {
         Self {
             client: client(),
-            addr,
+            addrs: Arc::new(vec![addr]),
             key: None,
             contacts: Arc::new(vec![("c-0000000000000000".into(), "86-13900000000".into())]),
             next: Default::default(),
@@ -48,13 +59,13 @@ impl Target {
 
     /// One send to the next contact; the status code, or 0 when the connection failed.
     pub async fn send(&self) -> u16 {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.contacts.len();
-        let (contact, phone) = &self.contacts[i];
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let (contact, phone) = &self.contacts[n % self.contacts.len()];
         let query = vec![
             ("ContactId".to_owned(), contact.clone()),
             ("PhoneNumber".to_owned(), phone.clone()),
         ];
-        let host = self.addr.to_string();
+        let host = self.addrs[n % self.addrs.len()].to_string();
         let mut req = self.client.post(format!(
             "http://{host}/?{}",
             signing::canonical_query(&query)

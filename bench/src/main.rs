@@ -158,6 +158,13 @@ struct HeldArgs {
     /// Longest wait for the backlog to drain after the load stops.
     #[arg(long, default_value_t = 30)]
     drain_minutes: u64,
+    /// API processes; the load takes turns between them.
+    #[arg(long, default_value_t = 1)]
+    apis: usize,
+    /// Worker processes, sharing the provider's rate (`MSGCONTACT_PROVIDER_TOTAL_RATE` with
+    /// `MSGCONTACT_WORKER_COUNT`): the provider's 429s say whether the budget held in total.
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -699,16 +706,39 @@ async fn held(a: HeldArgs) -> anyhow::Result<()> {
     );
     let provider = FakeProvider::start(Some(a.provider_rate)).await?;
     let mut stack = Stack::new(c.db, &c.amqp_url, &c.pg_url, contacts, a.queue_max_length).await?;
-    stack.start_api(&[]).await?;
-    stack
-        .start_worker(
-            &provider,
-            &[("MSGCONTACT_PROVIDER_RATE", a.provider_rate.to_string())],
-        )
-        .await?;
-    let target = Target::ours(&stack);
+    for _ in 0..a.apis.max(1) {
+        stack.start_api(&[]).await?;
+    }
+    let workers = a.workers.max(1);
+    for _ in 0..workers {
+        stack
+            .start_worker(
+                &provider,
+                &[
+                    (
+                        "MSGCONTACT_PROVIDER_TOTAL_RATE",
+                        a.provider_rate.to_string(),
+                    ),
+                    ("MSGCONTACT_WORKER_COUNT", workers.to_string()),
+                ],
+            )
+            .await?;
+    }
+    let target = Target::ours_all(&stack);
+    let rss = |pids: Vec<Option<u32>>| {
+        pids.into_iter()
+            .map(stack::rss_mib)
+            .collect::<Vec<_>>()
+            .join(" + ")
+    };
+    if a.apis > 1 || workers > 1 {
+        println!(
+            "{} API and {workers} worker processes; RSS columns list each process",
+            a.apis.max(1)
+        );
+    }
     println!(
-        "{:>3} | {:>7} {:>6} {:>6} | {:>9} {:>9} {:>9} | {:>10} {:>10} | {:>7} | {:>6} | {:>10}",
+        "{:>3} | {:>7} {:>6} {:>6} | {:>9} {:>9} {:>9} | {:>10} {:>10} | {:>7} | {:>6} {:>5} | {:>10}",
         "min",
         "200s",
         "503s",
@@ -720,6 +750,7 @@ async fn held(a: HeldArgs) -> anyhow::Result<()> {
         "worker RSS",
         "depth",
         "SMS",
+        "429s",
         "worst sync"
     );
     // A held run is long: one cut short (Ctrl-C, or a timeout's SIGTERM) still removes its
@@ -735,6 +766,7 @@ async fn held(a: HeldArgs) -> anyhow::Result<()> {
         // The API's own histogram says how much of a 503's time the API spent on it: the rest
         // was the client's and the machine's (scheduling on 2 shared cores).
         let served_before = stack.send_latency(503).await.unwrap_or_default();
+        let throttled_before = provider.throttled();
         let s: Stats = tokio::select! {
             s = load::open_loop(&target, offered, Duration::from_secs(60)) => s,
             _ = &mut stop => {
@@ -760,7 +792,7 @@ async fn held(a: HeldArgs) -> anyhow::Result<()> {
                 }
             });
         println!(
-            "{:>3} | {:>7} {:>6} {:>6} | {:>9} {:>9} {:>9} | {:>10} {:>10} | {:>7} | {:>6} | {:>7} ms",
+            "{:>3} | {:>7} {:>6} {:>6} | {:>9} {:>9} {:>9} | {:>10} {:>10} | {:>7} | {:>6} {:>5} | {:>7} ms",
             minute,
             s.ok,
             s.unavailable,
@@ -768,10 +800,11 @@ async fn held(a: HeldArgs) -> anyhow::Result<()> {
             ms(s.p(0.99)),
             ms(s.p_unavailable(0.99)),
             served,
-            stack::rss_mib(stack.api_pid()),
-            stack::rss_mib(stack.worker_pid()),
+            rss(stack.api_pids()),
+            rss(stack.worker_pids()),
             depth,
             provider.count(),
+            provider.throttled() - throttled_before,
             ms(syncs.worst)
         );
     }
@@ -811,9 +844,16 @@ async fn held(a: HeldArgs) -> anyhow::Result<()> {
         }
     }
     let summary = stack.outcome_summary().await?;
+    let by_worker = stack.sent_by_worker().await;
     println!(
-        "outcomes: {summary:?}; provider accepted {} SMS, {} duplicate RequestIds",
+        "outcomes: {summary:?}; provider accepted {} SMS (the workers counted {} as sent), answered {} requests with 429, {} duplicate RequestIds",
         provider.count(),
+        by_worker
+            .iter()
+            .map(|n| n.map_or("?".into(), |n| n.to_string()))
+            .collect::<Vec<_>>()
+            .join(" + "),
+        provider.throttled(),
         provider.duplicates()
     );
     stack.stop().await;

@@ -47,6 +47,8 @@ pub struct FakeProvider {
 
 struct ProviderState {
     count: AtomicU64,
+    /// Requests answered 429 for exceeding the rate.
+    throttled: AtomicU64,
     duplicates: AtomicU64,
     seen: Mutex<HashSet<String>>,
     /// When the first and the latest SMS since the last reset arrived.
@@ -58,6 +60,7 @@ impl FakeProvider {
     pub async fn start(rate: Option<u32>) -> anyhow::Result<Self> {
         let inner = Arc::new(ProviderState {
             count: AtomicU64::new(0),
+            throttled: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
             seen: Mutex::new(HashSet::new()),
             window: Mutex::new(None),
@@ -73,6 +76,7 @@ impl FakeProvider {
             if let Some(l) = &s.limiter
                 && l.check().is_err()
             {
+                s.throttled.fetch_add(1, Ordering::Relaxed);
                 return (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "1")]);
             }
             let id = body["request_id"].as_str().unwrap_or_default().to_owned();
@@ -103,12 +107,18 @@ impl FakeProvider {
         self.inner.count.load(Ordering::Relaxed)
     }
 
+    /// Requests refused with 429 for exceeding the provider's rate.
+    pub fn throttled(&self) -> u64 {
+        self.inner.throttled.load(Ordering::Relaxed)
+    }
+
     pub fn duplicates(&self) -> u64 {
         self.inner.duplicates.load(Ordering::Relaxed)
     }
 
     pub fn reset(&self) {
         self.inner.count.store(0, Ordering::Relaxed);
+        self.inner.throttled.store(0, Ordering::Relaxed);
         self.inner.duplicates.store(0, Ordering::Relaxed);
         self.inner.seen.lock().unwrap().clear();
         *self.inner.window.lock().unwrap() = None;
@@ -320,8 +330,10 @@ pub struct Stack {
     dir: PathBuf,
     /// What [`Stack::stop`] removes, also recorded in [`leftovers`] for a run that ends early.
     left: Vec<(Mark, Leftover)>,
-    api: Option<(Child, SocketAddr)>,
-    worker: Option<Child>,
+    /// The API processes started, and their addresses.
+    api: Vec<(Child, SocketAddr)>,
+    /// The worker processes started, and their ops (`/metrics`) addresses.
+    worker: Vec<(Child, SocketAddr)>,
 }
 
 impl Stack {
@@ -414,8 +426,8 @@ impl Stack {
             queue_max_length,
             dir,
             left,
-            api: None,
-            worker: None,
+            api: Vec::new(),
+            worker: Vec::new(),
         })
     }
 
@@ -441,13 +453,16 @@ impl Stack {
 
     pub async fn start_api(&mut self, env: &[(&str, String)]) -> anyhow::Result<()> {
         let addr = free_addr()?;
-        let mut cmd = self.command("msgcontact-api", "api.log")?;
+        let log = match self.api.len() {
+            0 => "api.log".to_owned(),
+            n => format!("api-{}.log", n + 1),
+        };
+        let mut cmd = self.command("msgcontact-api", &log)?;
         cmd.env("MSGCONTACT_API_LISTEN", addr.to_string());
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let child = cmd.spawn()?;
-        self.api = Some((child, addr));
+        self.api.push((cmd.spawn()?, addr));
         wait_healthy(addr).await
     }
 
@@ -457,7 +472,11 @@ impl Stack {
         env: &[(&str, String)],
     ) -> anyhow::Result<()> {
         let addr = free_addr()?;
-        let mut cmd = self.command("msgcontact-worker", "worker.log")?;
+        let log = match self.worker.len() {
+            0 => "worker.log".to_owned(),
+            n => format!("worker-{}.log", n + 1),
+        };
+        let mut cmd = self.command("msgcontact-worker", &log)?;
         cmd.env("MSGCONTACT_WORKER_LISTEN", addr.to_string())
             .env("MSGCONTACT_SMS_PROVIDER", "webhook")
             .env("MSGCONTACT_WEBHOOK_URL", &provider.url)
@@ -466,12 +485,17 @@ impl Stack {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        self.worker = Some(cmd.spawn()?);
+        self.worker.push((cmd.spawn()?, addr));
         wait_healthy(addr).await
     }
 
+    /// The first API process's address.
     pub fn api_addr(&self) -> SocketAddr {
-        self.api.as_ref().expect("API started").1
+        self.api.first().expect("API started").1
+    }
+
+    pub fn api_addrs(&self) -> Vec<SocketAddr> {
+        self.api.iter().map(|a| a.1).collect()
     }
 
     /// The run's own directory (removed when the stack goes).
@@ -480,11 +504,34 @@ impl Stack {
     }
 
     pub fn api_pid(&self) -> Option<u32> {
-        self.api.as_ref().and_then(|a| a.0.id())
+        self.api.first().and_then(|a| a.0.id())
     }
 
-    pub fn worker_pid(&self) -> Option<u32> {
-        self.worker.as_ref().and_then(|w| w.id())
+    pub fn api_pids(&self) -> Vec<Option<u32>> {
+        self.api.iter().map(|a| a.0.id()).collect()
+    }
+
+    pub fn worker_pids(&self) -> Vec<Option<u32>> {
+        self.worker.iter().map(|w| w.0.id()).collect()
+    }
+
+    /// How many SMS each worker process counts as sent (its `msgcontact_jobs_total`), in the
+    /// order they were started.
+    pub async fn sent_by_worker(&self) -> Vec<Option<u64>> {
+        let mut out = Vec::new();
+        for (_, addr) in &self.worker {
+            let text = match reqwest::get(format!("http://{addr}/metrics")).await {
+                Ok(r) => r.text().await.unwrap_or_default(),
+                Err(_) => String::new(),
+            };
+            let prefix = format!("{}{{outcome=\"Sent\"}} ", msgcontact::metrics::JOBS);
+            out.push(
+                text.lines()
+                    .find_map(|l| l.strip_prefix(&prefix)?.trim().parse::<f64>().ok())
+                    .map(|n| n as u64),
+            );
+        }
+        out
     }
 
     fn topology(&self) -> Topology {
@@ -626,10 +673,9 @@ impl Stack {
 
     /// Stops the processes, removes the queues and the database.
     pub async fn stop(mut self) {
-        for child in [self.worker.take(), self.api.take().map(|a| a.0)]
-            .into_iter()
-            .flatten()
-        {
+        let workers = std::mem::take(&mut self.worker);
+        let apis = std::mem::take(&mut self.api);
+        for (child, _) in workers.into_iter().chain(apis) {
             terminate(child).await;
         }
         let _ = self.db.clone().close().await;
