@@ -423,8 +423,10 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
     for round in 1..=a.half_rounds.max(1) {
         stack.purge_work_queue().await?;
         let probe = disk::DiskProbe::start(stack.dir());
+        let stages_before = stack.stage_buckets().await.unwrap_or_default();
         let ours = load::open_loop(&ours_target, half, dur).await;
         let ours_disk = probe.stop();
+        let stages = stack.stage_buckets().await.unwrap_or_default();
         base_a.purge().await?;
         let probe = disk::DiskProbe::start(stack.dir());
         let base = load::open_loop(&base_target, half, dur).await;
@@ -436,6 +438,11 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
             ours.percentiles(),
             base.percentiles(),
             if clean { "" } else { " (disk stalled)" }
+        );
+        // Which stage the tail is in, by the API's own histograms (their bucket bounds).
+        println!(
+            "        ours' own p99 by stage: {}",
+            stages.quantiles_since(&stages_before, 0.99)
         );
         if clean {
             apart_ratios.push(r);
