@@ -366,8 +366,19 @@ mod tests {
     use super::*;
     use sea_orm::{ActiveValue::Set, TransactionTrait};
 
+    /// A test's SQLite file, removed with its WAL when the test ends, failed or not.
+    struct TempDb(std::path::PathBuf);
+
+    impl Drop for TempDb {
+        fn drop(&mut self) {
+            for suffix in ["", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{}{suffix}", self.0.display()));
+            }
+        }
+    }
+
     /// A fresh SQLite database holding one active key, and a store in front of it.
-    async fn store_with_key(id: &str) -> (KeyStore, std::path::PathBuf) {
+    async fn store_with_key(id: &str) -> (KeyStore, TempDb) {
         let path =
             std::env::temp_dir().join(format!("msgcontact-keys-{}.db", uuid::Uuid::new_v4()));
         let url = format!("sqlite://{}?mode=rwc", path.display());
@@ -382,18 +393,12 @@ mod tests {
         .exec_without_returning(&db)
         .await
         .expect("key");
-        (KeyStore::new(db), path)
-    }
-
-    fn remove(path: &std::path::Path) {
-        for suffix in ["", "-wal", "-shm"] {
-            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-        }
+        (KeyStore::new(db), TempDb(path))
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn requests_missing_one_key_together_share_one_read() {
-        let (keys, path) = store_with_key("LTAIshared").await;
+        let (keys, _file) = store_with_key("LTAIshared").await;
         // The pool's one connection held elsewhere: the first reader's read waits for it, so all
         // 32 miss while that read is under way (unheld, a first read could finish before the last
         // lookup had begun, and that one would rightly read again).
@@ -432,18 +437,16 @@ mod tests {
         keys.remember(&key);
         assert!(matches!(keys.lookup("LTAIshared").await, Ok((_, true))));
         assert_eq!(keys.reads.load(Ordering::Relaxed), 4);
-        remove(&path);
     }
 
     #[tokio::test]
     async fn a_dropped_first_reader_leaves_no_read_behind() {
-        let (keys, path) = store_with_key("LTAIdropped").await;
+        let (keys, _file) = store_with_key("LTAIdropped").await;
         // Polled once, then dropped mid-read (a caller that hung up): its entry goes with it.
         let mut first = Box::pin(keys.lookup("LTAIdropped"));
         let _ = futures::poll!(first.as_mut());
         drop(first);
         assert!(keys.reading.lock().unwrap().is_empty());
         assert!(matches!(keys.lookup("LTAIdropped").await, Ok((_, false))));
-        remove(&path);
     }
 }
