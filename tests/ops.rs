@@ -97,6 +97,13 @@ async fn metrics_health_and_queue_depth() {
         text.contains("msgcontact_api_request_duration_seconds_bucket{"),
         "histogram, not summary"
     );
+    // The SPEC's label set, exactly: dashboards select on it.
+    assert!(
+        text.lines().any(|l| l.starts_with(
+            "msgcontact_api_request_duration_seconds_count{action=\"SendPhoneVerificationForMessageContact\"} "
+        )),
+        "{text}"
+    );
     // Latency by status: the accepted send and the refused lookup are counted apart.
     for (action, status) in [
         ("SendPhoneVerificationForMessageContact", "200"),
@@ -105,7 +112,7 @@ async fn metrics_health_and_queue_depth() {
         assert!(
             sample(
                 &text,
-                "msgcontact_api_request_duration_seconds_count",
+                "msgcontact_api_request_duration_by_status_seconds_count",
                 &[("action", action), ("status", status)]
             )
             .is_some_and(|n| n >= 1.0),

@@ -350,10 +350,10 @@ async fn rpc(State(state): State<Arc<AppState>>, req: Request) -> Response {
         }
     };
     metrics::counter!(msgcontact::metrics::API_REQUESTS, "action" => action, "code" => code.into_owned()).increment(1);
-    // By status too: a fast 503 at a full queue and an accepted send's two durable writes are
-    // different latencies, and one histogram of both says neither.
-    metrics::histogram!(msgcontact::metrics::API_DURATION, "action" => action, "status" => status_label(status))
-        .record(started.elapsed().as_secs_f64());
+    let elapsed = started.elapsed().as_secs_f64();
+    metrics::histogram!(msgcontact::metrics::API_DURATION, "action" => action).record(elapsed);
+    metrics::histogram!(msgcontact::metrics::API_DURATION_BY_STATUS, "action" => action, "status" => status_label(status))
+        .record(elapsed);
     render(request_id, &host, result)
 }
 

@@ -782,7 +782,7 @@ impl Buckets {
     fn parse(text: &str, status: u16) -> Self {
         Self::parse_metric(
             text,
-            msgcontact::metrics::API_DURATION,
+            msgcontact::metrics::API_DURATION_BY_STATUS,
             &format!("action=\"SendPhoneVerificationForMessageContact\",status=\"{status}\","),
         )
     }
@@ -872,9 +872,8 @@ impl Stages {
                     .filter_map(|l| l.strip_prefix(name)?.strip_prefix(suffix))
                     .filter(|rest| {
                         rest.starts_with(' ')
-                            || rest.starts_with(
-                                "{action=\"SendPhoneVerificationForMessageContact\",status=\"200\"}",
-                            )
+                            || rest
+                                .starts_with("{action=\"SendPhoneVerificationForMessageContact\"}")
                     })
                     .filter_map(|rest| rest.rsplit(' ').next()?.parse::<f64>().ok())
                     .sum::<f64>()
@@ -915,11 +914,11 @@ mod tests {
     fn a_quantile_of_the_samples_between_two_readings_is_a_bucket_bound() {
         let reading = |counts: [u32; 4]| {
             let mut text = String::from(
-                "msgcontact_api_request_duration_seconds_bucket{action=\"SendPhoneVerificationForMessageContact\",status=\"200\",le=\"0.001\"} 999\n",
+                "msgcontact_api_request_duration_by_status_seconds_bucket{action=\"SendPhoneVerificationForMessageContact\",status=\"200\",le=\"0.001\"} 999\n",
             );
             for (le, n) in ["0.001", "0.0025", "0.005", "+Inf"].iter().zip(counts) {
                 text += &format!(
-                    "msgcontact_api_request_duration_seconds_bucket{{action=\"SendPhoneVerificationForMessageContact\",status=\"503\",le=\"{le}\"}} {n}\n"
+                    "msgcontact_api_request_duration_by_status_seconds_bucket{{action=\"SendPhoneVerificationForMessageContact\",status=\"503\",le=\"{le}\"}} {n}\n"
                 );
             }
             Buckets::parse(&text, 503)
