@@ -786,18 +786,13 @@ async fn held(a: HeldArgs) -> anyhow::Result<()> {
         let syncs = probe.stop();
         total_ok += s.ok;
         let depth = stack.work_depth().await.unwrap_or(0);
-        let served = stack
-            .send_latency(503)
-            .await
-            .unwrap_or_default()
-            .quantile_since(&served_before, 0.99)
-            .map_or("-".into(), |le| {
-                if le.is_finite() {
-                    format!("≤{:.1}", le * 1000.0)
-                } else {
-                    "beyond".into()
-                }
-            });
+        let served = stack::bound_ms(
+            stack
+                .send_latency(503)
+                .await
+                .unwrap_or_default()
+                .quantile_since(&served_before, 0.99),
+        );
         println!(
             "{:>3} | {:>7} {:>6} {:>6} | {:>9} {:>9} {:>9} | {:>10} {:>10} | {:>7} | {:>6} {:>5} | {:>7} ms",
             minute,

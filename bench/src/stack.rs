@@ -453,11 +453,7 @@ impl Stack {
 
     pub async fn start_api(&mut self, env: &[(&str, String)]) -> anyhow::Result<()> {
         let addr = free_addr()?;
-        let log = match self.api.len() {
-            0 => "api.log".to_owned(),
-            n => format!("api-{}.log", n + 1),
-        };
-        let mut cmd = self.command("msgcontact-api", &log)?;
+        let mut cmd = self.command("msgcontact-api", &log_name("api", self.api.len()))?;
         cmd.env("MSGCONTACT_API_LISTEN", addr.to_string());
         for (k, v) in env {
             cmd.env(k, v);
@@ -472,11 +468,7 @@ impl Stack {
         env: &[(&str, String)],
     ) -> anyhow::Result<()> {
         let addr = free_addr()?;
-        let log = match self.worker.len() {
-            0 => "worker.log".to_owned(),
-            n => format!("worker-{}.log", n + 1),
-        };
-        let mut cmd = self.command("msgcontact-worker", &log)?;
+        let mut cmd = self.command("msgcontact-worker", &log_name("worker", self.worker.len()))?;
         cmd.env("MSGCONTACT_WORKER_LISTEN", addr.to_string())
             .env("MSGCONTACT_SMS_PROVIDER", "webhook")
             .env("MSGCONTACT_WEBHOOK_URL", &provider.url)
@@ -630,21 +622,22 @@ impl Stack {
         Ok(rows)
     }
 
-    /// The API's accept-path stage totals now (from its /metrics).
-    pub async fn stages(&self) -> anyhow::Result<Stages> {
-        let text = reqwest::get(format!("http://{}/metrics", self.api_addr()))
+    /// The first API process's /metrics text now.
+    async fn api_metrics(&self) -> anyhow::Result<String> {
+        Ok(reqwest::get(format!("http://{}/metrics", self.api_addr()))
             .await?
             .text()
-            .await?;
-        Ok(Stages::parse(&text))
+            .await?)
+    }
+
+    /// The API's accept-path stage totals now (from its /metrics).
+    pub async fn stages(&self) -> anyhow::Result<Stages> {
+        Ok(Stages::parse(&self.api_metrics().await?))
     }
 
     /// The API's histograms of an accepted send's stages, from one reading of its /metrics.
     pub async fn stage_buckets(&self) -> anyhow::Result<StageBuckets> {
-        let text = reqwest::get(format!("http://{}/metrics", self.api_addr()))
-            .await?
-            .text()
-            .await?;
+        let text = self.api_metrics().await?;
         use msgcontact::metrics as m;
         Ok(StageBuckets {
             request: Buckets::parse(&text, 200),
@@ -655,11 +648,7 @@ impl Stack {
 
     /// The API's own latency histogram of the sends it answered with `status`, now.
     pub async fn send_latency(&self, status: u16) -> anyhow::Result<Buckets> {
-        let text = reqwest::get(format!("http://{}/metrics", self.api_addr()))
-            .await?
-            .text()
-            .await?;
-        Ok(Buckets::parse(&text, status))
+        Ok(Buckets::parse(&self.api_metrics().await?, status))
     }
 
     /// Scrapes the API's /metrics at an interval until stopped; reports (scrapes, mean duration).
@@ -698,6 +687,14 @@ impl Stack {
             leftovers::remove(&l).await;
             leftovers::forget(mark);
         }
+    }
+}
+
+/// The log file of the `started`-th process of a kind: `api.log`, then `api-2.log`, …
+fn log_name(kind: &str, started: usize) -> String {
+    match started {
+        0 => format!("{kind}.log"),
+        n => format!("{kind}-{}.log", n + 1),
     }
 }
 
@@ -828,6 +825,15 @@ impl Buckets {
     }
 }
 
+/// A bucket bound from [`Buckets::quantile_since`] as printed: `≤2.5` (ms), `-` without samples.
+pub fn bound_ms(bound: Option<f64>) -> String {
+    match bound {
+        Some(le) if le.is_finite() => format!("≤{:.1}", le * 1000.0),
+        Some(_) => "beyond".into(),
+        None => "-".into(),
+    }
+}
+
 /// An accepted send's stage histograms at one moment: two readings bound each stage's tail.
 #[derive(Debug, Default, Clone)]
 pub struct StageBuckets {
@@ -839,11 +845,7 @@ pub struct StageBuckets {
 impl StageBuckets {
     /// The bucket bound of quantile `q` of each stage between `earlier` and `self`, as one line.
     pub fn quantiles_since(&self, earlier: &StageBuckets, q: f64) -> String {
-        let at = |later: &Buckets, before: &Buckets| match later.quantile_since(before, q) {
-            Some(le) if le.is_finite() => format!("≤{:.1}", le * 1000.0),
-            Some(_) => "beyond the buckets".into(),
-            None => "-".into(),
-        };
+        let at = |later: &Buckets, before: &Buckets| bound_ms(later.quantile_since(before, q));
         format!(
             "request {} ms = shared transaction {} + publish to confirm {}",
             at(&self.request, &earlier.request),
