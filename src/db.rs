@@ -79,7 +79,12 @@ async fn open_with(url: &str, pool: u32, single: bool) -> Result<DatabaseConnect
             .journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
             .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(15))
-            .pragma("cache_size", "-32768");
+            .pragma("cache_size", "-32768")
+            // Statement journals (a multi-row write inside a transaction keeps one, to undo just
+            // that statement) stay in memory. By default one that outgrows 64 KiB moves to a temp
+            // file: a batch of sends created, wrote and deleted a file in its transaction, 2 % of
+            // the API's CPU at c=32 in a profile.
+            .pragma("temp_store", "memory");
         if single {
             // A backstop, not the rule: should the checkpoint task stop or fall behind, the writer
             // copies the WAL back itself once it holds 10,000 pages (40 MiB) rather than let it

@@ -892,13 +892,22 @@ impl Stages {
         }
     }
 
+    /// Mean ms per send between `earlier` and `self` of the whole request, its wait for its
+    /// shared transaction and its publish to confirm.
+    pub fn means_since(&self, earlier: &Stages) -> (f64, f64, f64) {
+        let ms = |a: (f64, f64), b: (f64, f64)| (a.0 - b.0) / (a.1 - b.1).max(1.0) * 1000.0;
+        (
+            ms(self.request, earlier.request),
+            ms(self.write_wait, earlier.write_wait),
+            ms(self.publish, earlier.publish),
+        )
+    }
+
     /// Mean per send of each stage between `earlier` and `self`, as one line.
     pub fn since(&self, earlier: &Stages) -> String {
         let mean = |a: (f64, f64), b: (f64, f64)| (a.0 - b.0) / (a.1 - b.1).max(1.0);
         let ms = |a, b| mean(a, b) * 1000.0;
-        let request = ms(self.request, earlier.request);
-        let wait = ms(self.write_wait, earlier.write_wait);
-        let publish = ms(self.publish, earlier.publish);
+        let (request, wait, publish) = self.means_since(earlier);
         format!(
             "request {request:.2} ms = its shared transaction {wait:.2} (batches of {:.1} sends, {:.2} ms each) + publish to confirm {publish:.2} + the rest {:.2}",
             mean(self.batch_size, earlier.batch_size),
