@@ -387,7 +387,12 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         }
         best = best.max(ours.ok_rate());
         if conc == 32 {
-            at32 = Some((ours.ok_rate(), base.ok_rate(), after.means_since(&before), base.mean()));
+            at32 = Some((
+                ours.ok_rate(),
+                base.ok_rate(),
+                after.means_since(&before),
+                base.mean(),
+            ));
         }
     }
 
