@@ -58,7 +58,12 @@ impl Limits {
         let now = Instant::now();
         Self {
             rate,
-            global: RateLimiter::direct(Quota::per_second(rate)),
+            // Evenly spaced, no burst: `per_second` alone lets a whole second's worth go at once,
+            // so a worker starting on a backlog sent `rate` at once and `rate` more within that
+            // second, and a provider counting per second answered 429 (3 of the first minute's
+            // 1,200 SMS in a held run). Spaced sends keep every second of the provider's at the
+            // rate, and a lone send still goes at once.
+            global: RateLimiter::direct(Quota::per_second(rate).allow_burst(NonZeroU32::MIN)),
             per_phone: RateLimiter::keyed(
                 Quota::per_minute(phone_per_minute).allow_burst(phone_burst),
             ),
@@ -198,11 +203,8 @@ mod tests {
     #[tokio::test]
     async fn a_turn_after_the_deadline_is_left_to_others() {
         let l = Limits::new(nz(2), nz(10), nz(60));
-        // The burst of one second's worth goes at once; the next turn is 0.5 s away.
-        for i in 0..2 {
-            let p = format!("86-1390000{i:04}");
-            assert_eq!(l.acquire(&p, true, None).await, Gate::Go);
-        }
+        // The first send goes at once; the next turn is 0.5 s away.
+        assert_eq!(l.acquire("86-13900000000", true, None).await, Gate::Go);
         let t = Instant::now();
         let soon = Some(t + Duration::from_millis(100));
         assert_eq!(l.acquire("86-13900000002", true, soon).await, Gate::Late);
@@ -222,6 +224,25 @@ mod tests {
             l.acquire("86-13900000004", true, Some(t + Duration::from_millis(10)))
                 .await,
             Gate::Late
+        );
+    }
+
+    #[tokio::test]
+    async fn the_global_rate_spaces_sends_instead_of_bursting_a_second_at_once() {
+        let l = Limits::new(nz(20), nz(10), nz(60));
+        let t = Instant::now();
+        for i in 0..5 {
+            assert_eq!(
+                l.acquire(&format!("86-1390000{i:04}"), true, None).await,
+                Gate::Go
+            );
+        }
+        // At 20/s the fifth turn is 4 × 50 ms after the first; a burst of a second's worth
+        // would have let all five go at once.
+        let waited = t.elapsed();
+        assert!(
+            waited >= Duration::from_millis(190) && waited < Duration::from_millis(600),
+            "{waited:?}"
         );
     }
 
