@@ -17,7 +17,12 @@ use governor::{
     clock::DefaultClock,
 };
 
-const TWO: NonZeroU32 = NonZeroU32::new(2).expect("2 is not zero");
+/// Turns the global rate may run ahead of its even schedule: 2, or 10 ms of the rate when that is
+/// more, never more than one second's worth.
+fn ahead(rate: NonZeroU32) -> NonZeroU32 {
+    let turns = (rate.get() / 100).max(2).min(rate.get());
+    NonZeroU32::new(turns).unwrap_or(NonZeroU32::MIN)
+}
 
 /// Longest a delivery waits in-process for a rate limit before it is parked in a delay queue.
 pub const MAX_HOLD: Duration = Duration::from_secs(3);
@@ -66,8 +71,12 @@ impl Limits {
             // late-arriving request was over its rate (3 answers 429 in the first minute of a
             // held run). A burst of 1 spaces them exactly but loses each wake-up's lateness
             // (~1 ms a turn: 1.2 % of the budget at 10/s); a burst of 2 keeps the schedule one
-            // turn ahead, so lateness is made up, and at most one send beyond the rate ever.
-            global: RateLimiter::direct(Quota::per_second(rate).allow_burst(rate.min(TWO))),
+            // turn ahead, so lateness is made up, and at most one send beyond the rate ever. At
+            // rates whose turns are shorter than the timer's tick (a waiter sleeps 1 ms at least)
+            // the allowance is 10 ms of the rate instead, so the turns that pass while waiters
+            // sleep are not lost either (measured at 100,000/s, where jobs reached the limiter
+            // ~200 µs apart, a burst of 2 drained as fast: 0.94× baseline (b) against 0.90).
+            global: RateLimiter::direct(Quota::per_second(rate).allow_burst(ahead(rate))),
             per_phone: RateLimiter::keyed(
                 Quota::per_minute(phone_per_minute).allow_burst(phone_burst),
             ),
@@ -251,6 +260,14 @@ mod tests {
             waited >= Duration::from_millis(140) && waited < Duration::from_millis(600),
             "{waited:?}"
         );
+    }
+
+    #[test]
+    fn the_rate_runs_ahead_by_two_turns_or_ten_milliseconds() {
+        assert_eq!(ahead(nz(1)).get(), 1);
+        assert_eq!(ahead(nz(20)).get(), 2);
+        assert_eq!(ahead(nz(1000)).get(), 10);
+        assert_eq!(ahead(nz(100_000)).get(), 1000);
     }
 
     #[tokio::test]
