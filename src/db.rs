@@ -39,7 +39,8 @@ pub async fn connect(url: &str, pool: u32) -> Result<DatabaseConnection, Error> 
 /// inside the commit that crosses its threshold (1,000 pages), copying the WAL back and syncing the
 /// file while the batch's callers wait: measured at c=32, 4–8 % of the writer's batches took
 /// 10–25 ms that way, 0.05–0.6 % with the checkpoints beside it. Its own automatic checkpoint stays
-/// as a backstop, at ten times the usual threshold.
+/// as a backstop, at ten times the usual threshold; what keeps the WAL from reaching it under a
+/// steady load is the writer's own short checkpoint at [`WAL_RESTART_FRAMES`].
 pub async fn connect_single(url: &str) -> Result<DatabaseConnection, Error> {
     open_with(url, 1, true).await
 }
@@ -258,6 +259,21 @@ impl Script {
         Some(Statement::from_sql_and_values(self.backend, sql, values))
     }
 }
+
+/// WAL size (frames of one page) past which the API's checkpoint task asks the writer to finish a
+/// checkpoint between two batches (16 MiB with 4 KiB pages).
+///
+/// Why the writer: SQLite starts its WAL over only when a write transaction begins while every
+/// frame is already copied back. Under a steady load the writer commits every millisecond or two,
+/// so some batch always commits while the checkpoint task's pass (5–15 ms, most of it syncs) runs,
+/// and a transaction never begins on a fully copied WAL: the WAL grew until the writer's automatic
+/// checkpoint at 10,000 pages copied 100 ms of frames inside a commit, 20–27 ms about once a second
+/// at 2,900 sends/s, and the p99 at half our max rate was 7–8× baseline (a)'s. Between batches the
+/// writer has nothing uncommitted, and copying only what the last pass left is the least a restart
+/// can cost (its syncs, ~8–12 ms on this disk). Measured at 2,900 sends/s: with 1,000 pages that
+/// pause came four times a second, with 16,384 the WAL grew to 80 MiB, the pauses to 17–70 ms and
+/// the batches' reads slowed; 4,096 kept the WAL at 13–24 MiB with a pause every 0.4 s.
+pub const WAL_RESTART_FRAMES: i64 = 4_096;
 
 /// Copies SQLite's WAL back into the database file, for the [`connect_single`] writer that leaves
 /// it to others (the API runs it every 100 ms). Passive: it never waits for a writer or a reader,

@@ -19,6 +19,9 @@ pub const PUBLISH_DURATION: &str = "msgcontact_publish_duration_seconds";
 pub const WRITE_BATCH_SIZE: &str = "msgcontact_write_batch_size";
 pub const WRITE_BATCH_DURATION: &str = "msgcontact_write_batch_duration_seconds";
 pub const WRITE_WAIT: &str = "msgcontact_write_wait_seconds";
+/// SQLite only: the writer's pauses between batches to finish a checkpoint so the WAL starts over
+/// (see `db::WAL_RESTART_FRAMES`); the batches queued behind one wait this long.
+pub const WAL_RESTART_PAUSE: &str = "msgcontact_wal_restart_pause_seconds";
 pub const SENT_BATCH_SIZE: &str = "msgcontact_worker_sent_batch_size";
 pub const QUEUE_READY: &str = "msgcontact_queue_messages_ready";
 pub const QUEUE_CONSUMERS: &str = "msgcontact_queue_consumers";

@@ -186,15 +186,20 @@ impl Application {
             }
         });
         // The writer's connection leaves checkpoints to this task (see `db::connect_single`): they
-        // run beside its batches instead of inside one of their commits.
+        // run beside its batches instead of inside one of their commits. Past a size, the writer
+        // copies the rest between two batches so its next one starts the WAL over.
         let sqlite = state.db.get_database_backend() == sea_orm::DbBackend::Sqlite;
         let checkpointer = sqlite.then(|| {
-            let db = state.db.clone();
+            let (db, writer) = (state.db.clone(), state.writer.clone());
             msgcontact::time::every(Duration::from_millis(100), shutdown.clone(), move || {
-                let db = db.clone();
+                let (db, writer) = (db.clone(), writer.clone());
                 async move {
-                    if let Err(e) = msgcontact::db::checkpoint(&db).await {
-                        tracing::warn!(error = %e, "WAL checkpoint failed");
+                    match msgcontact::db::checkpoint(&db).await {
+                        Ok(Some((frames, _))) if frames >= msgcontact::db::WAL_RESTART_FRAMES => {
+                            writer.restart_wal_soon();
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed"),
                     }
                 }
             })

@@ -15,6 +15,10 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -83,6 +87,7 @@ struct Job {
 #[derive(Clone)]
 pub struct Writer {
     tx: mpsc::Sender<Job>,
+    wal_restart: Arc<AtomicBool>,
 }
 
 impl Writer {
@@ -99,6 +104,8 @@ impl Writer {
         let (tx, rx) = mpsc::channel(max_batch * 8);
         let (ready, connected) = oneshot::channel();
         let url = database_url.to_owned();
+        let wal_restart = Arc::new(AtomicBool::new(false));
+        let restart = wal_restart.clone();
         std::thread::Builder::new()
             .name("msgcontact-writer".into())
             .spawn(move || {
@@ -118,7 +125,7 @@ impl Writer {
                     match msgcontact::db::connect_single(&url).await {
                         Ok(db) => {
                             let _ = ready.send(Ok(()));
-                            run(db, rx, max_batch).await;
+                            run(db, rx, max_batch, restart).await;
                         }
                         Err(e) => {
                             let _ = ready.send(Err(e));
@@ -130,7 +137,14 @@ impl Writer {
         connected
             .await
             .map_err(|_| msgcontact::Error::Config("writer thread ended at start".into()))??;
-        Ok(Self { tx })
+        Ok(Self { tx, wal_restart })
+    }
+
+    /// Asks the writer to finish a SQLite checkpoint on its own connection after its current
+    /// batch, so that its next batch writes the WAL from the start (see
+    /// [`msgcontact::db::WAL_RESTART_FRAMES`] for why the checkpoint task alone cannot do that).
+    pub fn restart_wal_soon(&self) {
+        self.wal_restart.store(true, Ordering::Relaxed);
     }
 
     /// Records a nonce in a coming batch without waiting for it (a request answered at once
@@ -163,7 +177,12 @@ impl Writer {
     }
 }
 
-async fn run(db: DatabaseConnection, mut rx: mpsc::Receiver<Job>, max_batch: usize) {
+async fn run(
+    db: DatabaseConnection,
+    mut rx: mpsc::Receiver<Job>,
+    max_batch: usize,
+    wal_restart: Arc<AtomicBool>,
+) {
     let mut batch = Vec::with_capacity(max_batch);
     // Daily counter rows known to exist, so their insert is not repeated for every request.
     let mut counters: HashSet<(String, String)> = HashSet::new();
@@ -197,6 +216,17 @@ async fn run(db: DatabaseConnection, mut rx: mpsc::Receiver<Job>, max_batch: usi
                         .reply
                         .send(Err(db_unavailable(DbErr::Custom(e.to_string()))));
                 }
+            }
+        }
+        if wal_restart.swap(false, Ordering::Relaxed) {
+            // Between batches, nothing of this writer's is uncommitted: copying what the
+            // checkpoint task's pass left (the few batches committed while it ran) makes the WAL
+            // fully copied when the next batch begins, and that batch writes it from the start.
+            let started = std::time::Instant::now();
+            match msgcontact::db::checkpoint(&db).await {
+                Ok(_) => metrics::histogram!(msgcontact::metrics::WAL_RESTART_PAUSE)
+                    .record(started.elapsed().as_secs_f64()),
+                Err(e) => tracing::warn!(error = %e, "writer's WAL checkpoint failed"),
             }
         }
     }
@@ -798,5 +828,80 @@ fn request_row(r: &Reservation) -> send_request::ActiveModel {
         accepted_ms: Set(r.now_ms),
         sent_ms: Set(None),
         updated_ms: Set(r.now_ms),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A test's SQLite file, removed with its WAL when the test ends, failed or not.
+    struct TempDb(std::path::PathBuf);
+
+    impl Drop for TempDb {
+        fn drop(&mut self) {
+            for suffix in ["", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{}{suffix}", self.0.display()));
+            }
+        }
+    }
+
+    fn nonce(i: usize) -> Op {
+        Op::Nonce(NonceKey {
+            access_key_id: "key".into(),
+            nonce: format!("n{i}"),
+        })
+    }
+
+    /// The frames in the WAL, as a passive checkpoint counts them (copying them too).
+    async fn wal_frames(db: &DatabaseConnection) -> i64 {
+        msgcontact::db::checkpoint(db).await.unwrap().unwrap().0
+    }
+
+    /// Writes 20 batches, asks for a restart or not, and writes two more: returns the WAL's
+    /// frames after them. Nothing else checkpoints here, as under a steady load nothing else
+    /// finds a moment when every frame is copied and no batch has begun.
+    async fn frames_after(restart: bool) -> i64 {
+        let db = TempDb(std::env::temp_dir().join(format!(
+            "msgcontact-wal-{}.sqlite",
+            uuid::Uuid::new_v4().simple()
+        )));
+        let url = format!("sqlite://{}?mode=rwc", db.0.display());
+        let pool = msgcontact::db::connect(&url, 2).await.unwrap();
+        access_key::Entity::insert(access_key::ActiveModel {
+            access_key_id: Set("key".into()),
+            account_id: Set("1234567890123456".into()),
+            secret: Set("testSecret".into()),
+            status: Set(status::access_key::ACTIVE.into()),
+            created_ms: Set(0),
+        })
+        .exec_without_returning(&pool)
+        .await
+        .unwrap();
+        let writer = Writer::start(&url, 16).await.unwrap();
+        for i in 0..20 {
+            writer.submit(nonce(i)).await.unwrap();
+        }
+        if restart {
+            writer.restart_wal_soon();
+        }
+        // The writer looks at the request after its next batch, between that batch and the last.
+        writer.submit(nonce(100)).await.unwrap();
+        writer.submit(nonce(101)).await.unwrap();
+        wal_frames(&pool).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn asked_to_restart_the_wal_the_writer_starts_it_over_after_its_next_batch() {
+        // Every batch adds a frame, and without a full copy the WAL keeps them all.
+        let kept = frames_after(false).await;
+        assert!(kept >= 22, "the WAL started over by itself: {kept} frames");
+        // The writer copied the rest after the batch that followed the request, and the last
+        // batch wrote the WAL from its start.
+        let restarted = frames_after(true).await;
+        assert!(
+            restarted < 5,
+            "the WAL did not start over: {restarted} frames (without a restart: {kept})"
+        );
     }
 }
