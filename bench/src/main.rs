@@ -318,6 +318,18 @@ async fn scrape(a: ScrapeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// PostgreSQL's checkpoints completed between two readings, for a window's line; empty on SQLite.
+fn checkpoints_since(before: Option<(i64, i64)>, after: Option<(i64, i64)>) -> String {
+    match (before, after) {
+        (Some((req0, timed0)), Some((req1, timed1))) => format!(
+            "; PostgreSQL checkpoints {} forced by WAL volume, {} timed",
+            req1 - req0,
+            timed1 - timed0
+        ),
+        _ => String::new(),
+    }
+}
+
 async fn run(a: RunArgs) -> anyhow::Result<()> {
     let c = &a.common;
     let dur = Duration::from_secs(a.seconds);
@@ -430,17 +442,21 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         stack.purge_work_queue().await?;
         let probe = disk::DiskProbe::start(stack.dir());
         let stages_before = stack.stage_buckets().await.unwrap_or_default();
+        let checkpoints = stack.checkpoints().await;
         let ours = load::open_loop(&ours_target, half, dur).await;
         let ours_disk = probe.stop();
         let stages = stack.stage_buckets().await.unwrap_or_default();
+        let ours_checkpoints = checkpoints_since(checkpoints, stack.checkpoints().await);
         base_a.purge().await?;
         let probe = disk::DiskProbe::start(stack.dir());
+        let checkpoints = stack.checkpoints().await;
         let base = load::open_loop(&base_target, half, dur).await;
         let base_disk = probe.stop();
+        let base_checkpoints = checkpoints_since(checkpoints, stack.checkpoints().await);
         let r = p99_ratio(&ours, &base);
         let clean = ours_disk.stalls == 0 && base_disk.stalls == 0;
         println!(
-            "round {round} one after the other: ours p50/p99/p99.9 {} ms ({ours_disk}) | base(a) {} ms ({base_disk}) | p99 ratio {r:.2}x{}",
+            "round {round} one after the other: ours p50/p99/p99.9 {} ms ({ours_disk}{ours_checkpoints}) | base(a) {} ms ({base_disk}{base_checkpoints}) | p99 ratio {r:.2}x{}",
             ours.percentiles(),
             base.percentiles(),
             if clean { "" } else { " (disk stalled)" }

@@ -643,7 +643,34 @@ impl Stack {
             request: Buckets::parse(&text, 200),
             write_wait: Buckets::parse_metric(&text, m::WRITE_WAIT, ""),
             publish: Buckets::parse_metric(&text, m::PUBLISH_DURATION, ""),
+            wal_pause: total(&text, m::WAL_RESTART_PAUSE),
         })
+    }
+
+    /// PostgreSQL's checkpoints completed so far, (requested, timed), server-wide; `None` on
+    /// SQLite. A requested one was forced by WAL volume (`max_wal_size`): its writes share the
+    /// disk with every commit's and the broker's syncs.
+    pub async fn checkpoints(&self) -> Option<(i64, i64)> {
+        if self.db.get_database_backend() != sea_orm::DbBackend::Postgres {
+            return None;
+        }
+        // The columns moved to a view of their own in PostgreSQL 17.
+        for sql in [
+            "SELECT num_requested, num_timed FROM pg_stat_checkpointer",
+            "SELECT checkpoints_req, checkpoints_timed FROM pg_stat_bgwriter",
+        ] {
+            let row = self
+                .db
+                .query_one_raw(sea_orm::Statement::from_string(
+                    sea_orm::DbBackend::Postgres,
+                    sql,
+                ))
+                .await;
+            if let Ok(Some(row)) = row {
+                return Some((row.try_get_by_index(0).ok()?, row.try_get_by_index(1).ok()?));
+            }
+        }
+        None
     }
 
     /// The API's own latency histogram of the sends it answered with `status`, now.
@@ -840,14 +867,25 @@ pub struct StageBuckets {
     request: Buckets,
     write_wait: Buckets,
     publish: Buckets,
+    /// (sum, count) of the SQLite writer's pauses to start its WAL over.
+    wal_pause: (f64, f64),
 }
 
 impl StageBuckets {
     /// The bucket bound of quantile `q` of each stage between `earlier` and `self`, as one line.
     pub fn quantiles_since(&self, earlier: &StageBuckets, q: f64) -> String {
         let at = |later: &Buckets, before: &Buckets| bound_ms(later.quantile_since(before, q));
+        let pauses = self.wal_pause.1 - earlier.wal_pause.1;
+        let wal = if pauses > 0.0 {
+            format!(
+                "; the writer paused {pauses:.0} times to start SQLite's WAL over, {:.1} ms each",
+                (self.wal_pause.0 - earlier.wal_pause.0) / pauses * 1000.0
+            )
+        } else {
+            String::new()
+        };
         format!(
-            "request {} ms = shared transaction {} + publish to confirm {}",
+            "request {} ms = shared transaction {} + publish to confirm {}{wal}",
             at(&self.request, &earlier.request),
             at(&self.write_wait, &earlier.write_wait),
             at(&self.publish, &earlier.publish),
@@ -866,22 +904,24 @@ pub struct Stages {
     publish: (f64, f64),
 }
 
+/// (sum, count) of histogram `name` in a /metrics text: unlabelled, or a send's.
+fn total(text: &str, name: &str) -> (f64, f64) {
+    let value = |suffix: &str| {
+        text.lines()
+            .filter_map(|l| l.strip_prefix(name)?.strip_prefix(suffix))
+            .filter(|rest| {
+                rest.starts_with(' ')
+                    || rest.starts_with("{action=\"SendPhoneVerificationForMessageContact\"}")
+            })
+            .filter_map(|rest| rest.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    (value("_sum"), value("_count"))
+}
+
 impl Stages {
     fn parse(text: &str) -> Self {
-        let total = |name: &str| {
-            let value = |suffix: &str| {
-                text.lines()
-                    .filter_map(|l| l.strip_prefix(name)?.strip_prefix(suffix))
-                    .filter(|rest| {
-                        rest.starts_with(' ')
-                            || rest
-                                .starts_with("{action=\"SendPhoneVerificationForMessageContact\"}")
-                    })
-                    .filter_map(|rest| rest.rsplit(' ').next()?.parse::<f64>().ok())
-                    .sum::<f64>()
-            };
-            (value("_sum"), value("_count"))
-        };
+        let total = |name: &str| total(text, name);
         use msgcontact::metrics as m;
         Self {
             request: total(m::API_DURATION),
