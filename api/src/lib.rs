@@ -187,7 +187,8 @@ impl Application {
         });
         // The writer's connection leaves checkpoints to this task (see `db::connect_single`): they
         // run beside its batches instead of inside one of their commits. Past a size, the writer
-        // copies the rest between two batches so its next one starts the WAL over.
+        // copies the rest between two batches so its next one starts the WAL over; not while a
+        // reader keeps a pass from copying everything, which the writer's copy could not undo.
         let sqlite = state.db.get_database_backend() == sea_orm::DbBackend::Sqlite;
         let checkpointer = sqlite.then(|| {
             let (db, writer) = (state.db.clone(), state.writer.clone());
@@ -195,7 +196,9 @@ impl Application {
                 let (db, writer) = (db.clone(), writer.clone());
                 async move {
                     match msgcontact::db::checkpoint(&db).await {
-                        Ok(Some((frames, _))) if frames >= msgcontact::db::WAL_RESTART_FRAMES => {
+                        Ok(Some((frames, copied)))
+                            if frames >= msgcontact::db::WAL_RESTART_FRAMES && copied == frames =>
+                        {
                             writer.restart_wal_soon();
                         }
                         Ok(_) => {}
