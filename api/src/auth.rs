@@ -366,16 +366,7 @@ mod tests {
     use super::*;
     use sea_orm::{ActiveValue::Set, TransactionTrait};
 
-    /// A test's SQLite file, removed with its WAL when the test ends, failed or not.
-    struct TempDb(std::path::PathBuf);
-
-    impl Drop for TempDb {
-        fn drop(&mut self) {
-            for suffix in ["", "-wal", "-shm"] {
-                let _ = std::fs::remove_file(format!("{}{suffix}", self.0.display()));
-            }
-        }
-    }
+    use crate::testing::TempDb;
 
     /// A fresh SQLite database holding one active key, and a store in front of it.
     async fn store_with_key(id: &str) -> (KeyStore, TempDb) {

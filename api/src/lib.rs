@@ -10,6 +10,9 @@ pub mod params;
 pub mod publisher;
 pub mod writer;
 
+#[cfg(test)]
+mod testing;
+
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::{

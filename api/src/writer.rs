@@ -835,16 +835,7 @@ fn request_row(r: &Reservation) -> send_request::ActiveModel {
 mod tests {
     use super::*;
 
-    /// A test's SQLite file, removed with its WAL when the test ends, failed or not.
-    struct TempDb(std::path::PathBuf);
-
-    impl Drop for TempDb {
-        fn drop(&mut self) {
-            for suffix in ["", "-wal", "-shm"] {
-                let _ = std::fs::remove_file(format!("{}{suffix}", self.0.display()));
-            }
-        }
-    }
+    use crate::testing::TempDb;
 
     fn nonce(i: usize) -> Op {
         Op::Nonce(NonceKey {
