@@ -7,18 +7,22 @@ use crate::domain::SupportedCountries;
 /// Where state lives: database and broker.
 #[derive(clap::Args, Debug, Clone)]
 pub struct InfraConfig {
-    /// Database URL: a SQLite file (WAL) by default, `postgres://…` in production.
+    /// Database URL: a SQLite file (WAL) by default, `postgres://…` in production (its password
+    /// is not shown here).
     #[arg(
         long,
         env = "MSGCONTACT_DATABASE_URL",
-        default_value = "sqlite://data/msgcontact.db?mode=rwc"
+        default_value = "sqlite://data/msgcontact.db?mode=rwc",
+        hide_env_values = true
     )]
     pub database_url: String,
-    /// RabbitMQ URL.
+    /// RabbitMQ URL (its password is not shown here).
     #[arg(
         long,
         env = "MSGCONTACT_AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        hide_env_values = true,
+        hide_default_value = true
     )]
     pub amqp_url: String,
     /// Prefix of every queue name (one per deployment, or per test).
@@ -33,9 +37,8 @@ pub struct InfraConfig {
     /// Database connection pool size per process.
     #[arg(long, env = "MSGCONTACT_DATABASE_POOL", default_value_t = 16)]
     pub database_pool: u32,
-    /// Secret for deriving verification codes; generated once and kept in the database if unset.
-    #[arg(long, env = "MSGCONTACT_CODE_SECRET", hide_env_values = true)]
-    pub code_secret: Option<String>,
+    #[command(flatten)]
+    pub secrets: crate::secrets::SecretsConfig,
     /// Log format: `pretty` for terminals, `json` for production.
     #[arg(long, env = "MSGCONTACT_LOG_FORMAT", default_value = "pretty")]
     pub log_format: String,

@@ -216,17 +216,25 @@ impl PhoneNumber {
     /// Reads a number stored by this service (already validated when it was stored).
     pub fn from_stored(s: &str) -> Option<Self> {
         let (cc, national) = s.split_once('-')?;
+        if national.is_empty() || !national.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
         Some(Self {
             country_code: cc.parse().ok()?,
             national: national.to_owned(),
         })
     }
 
-    /// `86-139****1234`: enough to recognise a number, never enough to dial it.
+    /// `86-139****1234`: enough to recognise a number, never enough to dial it. A national
+    /// number shorter than 11 digits shows a quarter at each end, so at least half stays hidden.
     pub fn masked(&self) -> String {
         let n = &self.national;
-        let head = n.len().min(3);
-        let tail = n.len().saturating_sub(head).min(4);
+        let (head, tail) = if n.len() >= 11 {
+            (3, 4)
+        } else {
+            (n.len() / 4, n.len() / 4)
+        };
+        // Digits only (see `parse` and `from_stored`), so byte offsets are char boundaries.
         format!(
             "{}-{}****{}",
             self.country_code,
@@ -429,6 +437,10 @@ mod tests {
         let cn = SupportedCountries::default();
         let p = PhoneNumber::parse("86-13912341234", &cn).unwrap();
         assert_eq!(p.masked(), "86-139****1234");
+        // Whatever a row holds, masking never panics and never shows most of a short number.
+        assert_eq!(mask_phone("0-a€"), "****");
+        assert_eq!(mask_phone("1-"), "****");
+        assert_eq!(mask_phone("44-12345678"), "44-12****78");
         assert_eq!(p.e164_digits(), "8613912341234");
         assert_eq!(p.to_string(), "86-13912341234");
         assert!(PhoneNumber::parse("86-18626811111", &cn).is_ok());

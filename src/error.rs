@@ -93,6 +93,9 @@ pub enum ApiError {
     /// 413 `RequestEntityTooLarge`
     #[error("The request body exceeds {0} bytes.")]
     BodyTooLarge(usize),
+    /// 408 `RequestTimeout`: the body did not arrive within the server's deadline.
+    #[error("The request body was not received in time.")]
+    RequestTimeout,
     /// 503 `ServiceUnavailable` (with retry-after)
     #[error("The request has failed due to a temporary failure of the server.")]
     ServiceUnavailable { retry_after_ms: u64 },
@@ -112,6 +115,7 @@ impl ApiError {
             ContactThrottled { .. } => 429,
             UnsupportedMethod => 405,
             BodyTooLarge(_) => 413,
+            RequestTimeout => 408,
             ServiceUnavailable { .. } => 503,
             Internal => 500,
             _ => 400,
@@ -150,6 +154,7 @@ impl ApiError {
             InvalidEncoding => "InvalidParameter.Encoding",
             UnsupportedMethod => "UnsupportedHTTPMethod",
             BodyTooLarge(_) => "RequestEntityTooLarge",
+            RequestTimeout => "RequestTimeout",
             ServiceUnavailable { .. } => "ServiceUnavailable",
             Internal => "InternalError",
         })

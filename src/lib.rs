@@ -12,6 +12,7 @@ pub mod entities;
 pub mod error;
 pub mod job;
 pub mod metrics;
+pub mod secrets;
 pub mod signal;
 pub mod signing;
 pub mod status;

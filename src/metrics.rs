@@ -14,6 +14,12 @@ pub const API_DURATION: &str = "msgcontact_api_request_duration_seconds";
 /// two durable writes are latencies one histogram of both describes neither of.
 pub const API_DURATION_BY_STATUS: &str = "msgcontact_api_request_duration_by_status_seconds";
 pub const ACCESS_KEY_READS: &str = "msgcontact_access_key_reads_total";
+/// Connections closed on accept because `MSGCONTACT_MAX_CONNECTIONS` were open.
+pub const API_CONNECTIONS_REFUSED: &str = "msgcontact_api_connections_refused_total";
+/// Connections closed because a request's headers did not arrive in time.
+pub const API_CONNECTIONS_TIMED_OUT: &str = "msgcontact_api_connections_timed_out_total";
+/// Requests whose handler panicked (answered 500).
+pub const API_PANICS: &str = "msgcontact_api_panics_total";
 pub const PUBLISH_CONFIRMS: &str = "msgcontact_publish_confirms_total";
 pub const PUBLISH_DURATION: &str = "msgcontact_publish_duration_seconds";
 pub const WRITE_BATCH_SIZE: &str = "msgcontact_write_batch_size";

@@ -392,16 +392,6 @@ async fn seed_error_codes(backend: Backend) {
 }
 
 /// The webhook provider's received code for a request.
-async fn code_for(app: &TestApp, request_id: &str) -> String {
-    for _ in 0..200 {
-        if let Some(m) = app.inbox.for_request(request_id).first() {
-            return m["code"].as_str().unwrap().to_owned();
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("no SMS received for {request_id}");
-}
-
 async fn send_check_and_status(backend: Backend) {
     let app = TestApp::spawn_with(
         backend,
@@ -425,7 +415,7 @@ async fn send_check_and_status(backend: Backend) {
         "only RequestId: {}",
         r.body
     );
-    let code = code_for(&app, &rid).await;
+    let code = app.code_for(&rid).await;
     assert!(code.len() == 6 && code.bytes().all(|b| b.is_ascii_digit()));
     let sms = &app.inbox.for_request(&rid)[0];
     assert_eq!(sms["phone_number"], PHONE);
@@ -460,7 +450,7 @@ async fn send_check_and_status(backend: Backend) {
         .await;
     let rid2 = r2.assert_ok()["RequestId"].as_str().unwrap().to_owned();
     assert_eq!(
-        code_for(&app, &rid2).await,
+        app.code_for(&rid2).await,
         code,
         "a resend while the code is live sends the same code"
     );
@@ -540,7 +530,7 @@ async fn wrong_codes_lock_the_code(backend: Backend) {
         )
         .await;
     let rid = r.assert_ok()["RequestId"].as_str().unwrap().to_owned();
-    let code = code_for(&app, &rid).await;
+    let code = app.code_for(&rid).await;
     let wrong = if code == "000000" { "111111" } else { "000000" };
     for left in (0..5).rev() {
         let w = app
@@ -772,6 +762,7 @@ async fn authentication_errors(backend: Backend) {
     // A disabled key.
     msgcontact_api::cli::access_key(
         &app.db,
+        &app.master(),
         msgcontact_api::cli::AccessKeyCommand::Disable {
             access_key_id: app.key.id.clone(),
         },

@@ -15,7 +15,8 @@ async fn migrate_concurrently(url: &str) {
     b.expect("second migrator");
     c.expect("third migrator");
     // The schema is complete and usable.
-    msgcontact_api::cli::create_key(&db, "1234567890123456", None, None)
+    let master = msgcontact::secrets::MasterKey::random();
+    msgcontact_api::cli::create_key(&db, &master, "1234567890123456", None, None)
         .await
         .unwrap();
 }

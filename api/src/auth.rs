@@ -1,16 +1,18 @@
 //! Inbound authentication: ACS3-HMAC-SHA256 and v1 HMAC-SHA1, timestamps, replay-proof nonces.
 //!
 //! Nonces are recorded in the database, so a replay is caught whichever API process receives it.
-//! Active keys are cached; the writer re-checks a key's status in the transaction that records the
-//! request's nonce, so a key disabled in the database is refused from its next batch on.
+//! Every access key is held in memory (secrets decrypted with the master key) and refreshed each
+//! second, so a request naming an unknown key costs no database read; the writer re-checks a key's
+//! status in the transaction that records the request's nonce, so a key disabled in the database
+//! is refused from its next batch on.
 
 use std::{
     collections::HashMap,
     sync::{
-        Arc, Mutex, RwLock,
-        atomic::{AtomicU64, Ordering},
+        Arc, RwLock,
+        atomic::{AtomicI64, AtomicU64, Ordering},
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use axum::http::HeaderMap;
@@ -19,136 +21,195 @@ use msgcontact::{
     ApiError, Error,
     domain::AccountId,
     entities::{access_key, signature_nonce},
+    secrets::MasterKey,
     signing::{self, Acs3Authorization, Acs3Request},
     status,
     time::now_ms,
 };
-use sea_orm::{DatabaseConnection, DbErr, EntityTrait};
-use tokio::sync::OnceCell;
+use sea_orm::{ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter};
 
 use crate::{params::Params, writer::NonceKey};
 
 /// How far a request's timestamp may be from our clock, either way.
 pub const MAX_SKEW_MS: i64 = 15 * 60 * 1000;
 
-/// How long a key's secret is trusted without reading it again. Its status is re-checked in every
-/// batch regardless; this only bounds how stale a cached secret can be.
-const KEY_TTL: Duration = Duration::from_secs(60);
-/// Keys cached at most; past it the cache starts over (a scan of many unknown keys is not
-/// cached at all, only keys that signed a request correctly are).
-const MAX_CACHED_KEYS: usize = 10_000;
+/// How often keys created since the last look are read: a key made with the CLI works within it.
+pub const KEY_REFRESH: Duration = Duration::from_secs(1);
+/// Every so many refreshes, all keys are read again (disabled, removed or re-sealed ones).
+const FULL_RELOAD_EVERY: u64 = 60;
+/// How far back a refresh looks before the newest key it knows: keys created by processes whose
+/// clocks run a little behind ours still show up.
+const CREATED_OVERLAP_MS: i64 = 10_000;
 
-/// One read of a key from the database, shared by the requests that miss the cache meanwhile.
-type SharedRead = Arc<OnceCell<Option<access_key::Model>>>;
+/// An access key as authentication needs it.
+#[derive(Clone, Debug)]
+pub struct Key {
+    pub access_key_id: String,
+    pub account_id: String,
+    pub secret: String,
+    pub active: bool,
+}
 
-/// Access keys by id: a read-through cache of the active ones in front of the database.
+/// Every access key, in memory, in front of the database.
 pub struct KeyStore {
     db: DatabaseConnection,
-    cache: RwLock<HashMap<String, (access_key::Model, Instant)>>,
-    /// Reads in progress by key id. When a busy key's entry expires, every request arriving
-    /// before it is read again misses together (at c=32, 32 identical reads once a minute); they
-    /// wait for the first one's read instead.
-    reading: Mutex<HashMap<String, SharedRead>>,
-    /// Reads of a key from the database (also the `ACCESS_KEY_READS` counter).
+    master: MasterKey,
+    keys: RwLock<Arc<HashMap<String, Key>>>,
+    /// The newest `created_ms` seen, where the next refresh starts (less the overlap).
+    newest_ms: AtomicI64,
+    refreshes: AtomicU64,
+    /// Reads of keys from the database (also the `ACCESS_KEY_READS` counter).
     reads: AtomicU64,
 }
 
-/// Ends a shared read: whoever started it removes it, even if its request was dropped meanwhile
-/// (the others then finish the read themselves, which `OnceCell` allows).
-struct ReadingGuard<'a> {
-    store: &'a KeyStore,
-    id: &'a str,
-    started: bool,
-}
-
-impl Drop for ReadingGuard<'_> {
-    fn drop(&mut self) {
-        if self.started {
-            self.store
-                .reading
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(self.id);
-        }
-    }
-}
-
 impl KeyStore {
-    pub fn new(db: DatabaseConnection) -> Self {
-        Self {
+    /// Reads every key, sealing any stored in clear by an earlier version first.
+    pub async fn load(db: DatabaseConnection, master: MasterKey) -> Result<Self, DbErr> {
+        seal_stored_secrets(&db, &master).await?;
+        let store = Self {
             db,
-            cache: RwLock::default(),
-            reading: Mutex::default(),
+            master,
+            keys: RwLock::default(),
+            newest_ms: AtomicI64::new(i64::MIN),
+            refreshes: AtomicU64::new(0),
             reads: AtomicU64::new(0),
+        };
+        store.read(None).await?;
+        Ok(store)
+    }
+
+    /// Database reads of keys so far.
+    pub fn reads(&self) -> u64 {
+        self.reads.load(Ordering::Relaxed)
+    }
+
+    /// One refresh tick: the keys created lately, or every key now and then.
+    pub async fn refresh(&self) -> Result<(), DbErr> {
+        let n = self.refreshes.fetch_add(1, Ordering::Relaxed) + 1;
+        if n.is_multiple_of(FULL_RELOAD_EVERY) {
+            self.read(None).await
+        } else {
+            let since = self
+                .newest_ms
+                .load(Ordering::Relaxed)
+                .saturating_sub(CREATED_OVERLAP_MS);
+            self.read(Some(since)).await
         }
     }
 
-    /// Forgets a key, e.g. when the writer found it disabled.
-    pub fn forget(&self, id: &str) {
-        self.cache
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(id);
-    }
-
-    /// The key and whether it came from the cache (a key read from the database is remembered
-    /// once it has verified a signature).
-    async fn lookup(&self, id: &str) -> Result<(access_key::Model, bool), ApiError> {
-        if let Some((key, at)) = self.cache.read().unwrap_or_else(|e| e.into_inner()).get(id)
-            && at.elapsed() < KEY_TTL
-        {
-            return Ok((key.clone(), true));
+    /// Reads all keys (`None`) or those created since a moment, into the map.
+    async fn read(&self, since: Option<i64>) -> Result<(), DbErr> {
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(msgcontact::metrics::ACCESS_KEY_READS).increment(1);
+        let mut q = access_key::Entity::find();
+        if let Some(ms) = since {
+            q = q.filter(access_key::Column::CreatedMs.gte(ms));
         }
-        let key = self
-            .read_shared(id)
-            .await?
-            .ok_or(ApiError::AccessKeyNotFound)?;
-        if key.status != status::access_key::ACTIVE {
-            self.forget(id);
-            return Err(ApiError::AccessKeyInactive);
+        let rows = q.all(&self.db).await?;
+        if since.is_some() && rows.is_empty() {
+            return Ok(());
         }
-        Ok((key, false))
-    }
-
-    /// Reads a key, or joins the read of it already in progress. A failed read is not shared:
-    /// the next waiter tries again.
-    async fn read_shared(&self, id: &str) -> Result<Option<access_key::Model>, ApiError> {
-        let (read, started) = {
-            let mut reading = self.reading.lock().unwrap_or_else(|e| e.into_inner());
-            match reading.get(id) {
-                Some(read) => (read.clone(), false),
-                None => {
-                    let read = SharedRead::default();
-                    reading.insert(id.to_owned(), read.clone());
-                    (read, true)
+        let current = self.keys.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut next = if since.is_some() {
+            (*current).clone()
+        } else {
+            HashMap::with_capacity(rows.len())
+        };
+        for row in rows {
+            self.newest_ms.fetch_max(row.created_ms, Ordering::Relaxed);
+            // Unchanged rows keep their opened secret (opening each second would be wasted work).
+            let unchanged = current.get(&row.access_key_id).filter(|k| {
+                k.active == (row.status == status::access_key::ACTIVE)
+                    && k.account_id == row.account_id
+            });
+            if let Some(k) = unchanged
+                && since.is_some()
+            {
+                next.insert(row.access_key_id.clone(), k.clone());
+                continue;
+            }
+            match self.master.open(&row.secret, &row.access_key_id) {
+                Ok(secret) => {
+                    next.insert(
+                        row.access_key_id.clone(),
+                        Key {
+                            active: row.status == status::access_key::ACTIVE,
+                            access_key_id: row.access_key_id,
+                            account_id: row.account_id,
+                            secret,
+                        },
+                    );
+                }
+                Err(e) => {
+                    tracing::error!(access_key_id = %row.access_key_id, error = %e, "access key unusable");
                 }
             }
-        };
-        let _guard = ReadingGuard {
-            store: self,
-            id,
-            started,
-        };
-        read.get_or_try_init(|| async {
-            self.reads.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!(msgcontact::metrics::ACCESS_KEY_READS).increment(1);
-            access_key::Entity::find_by_id(id.to_owned())
-                .one(&self.db)
-                .await
-                .map_err(db_unavailable)
-        })
-        .await
-        .cloned()
+        }
+        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(next);
+        Ok(())
     }
 
-    /// Remembers a key after it verified a signature.
-    fn remember(&self, key: &access_key::Model) {
-        let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
-        if cache.len() >= MAX_CACHED_KEYS && !cache.contains_key(&key.access_key_id) {
-            cache.clear();
+    /// Marks a key disabled, e.g. when the writer found it so (the next full reload confirms).
+    pub fn forget(&self, id: &str) {
+        let mut keys = self.keys.write().unwrap_or_else(|e| e.into_inner());
+        if keys.get(id).is_some_and(|k| k.active) {
+            let mut next = (**keys).clone();
+            if let Some(k) = next.get_mut(id) {
+                k.active = false;
+            }
+            *keys = Arc::new(next);
         }
-        cache.insert(key.access_key_id.clone(), (key.clone(), Instant::now()));
     }
+
+    /// The active key with this id; no database read either way.
+    fn lookup(&self, id: &str) -> Result<Key, ApiError> {
+        let keys = self.keys.read().unwrap_or_else(|e| e.into_inner()).clone();
+        match keys.get(id) {
+            None => Err(ApiError::AccessKeyNotFound),
+            Some(k) if !k.active => Err(ApiError::AccessKeyInactive),
+            Some(k) => Ok(k.clone()),
+        }
+    }
+}
+
+/// Seals every access key secret that is in clear (stored by an earlier version) or sealed with a
+/// previous master key, with the current one. Returns how many it sealed.
+pub async fn seal_stored_secrets(
+    db: &DatabaseConnection,
+    master: &MasterKey,
+) -> Result<u64, DbErr> {
+    let mut sealed = 0;
+    for row in access_key::Entity::find().all(db).await? {
+        if master.is_current(&row.secret) {
+            continue;
+        }
+        let plain = if MasterKey::is_sealed(&row.secret) {
+            match master.open(&row.secret, &row.access_key_id) {
+                Ok(p) => p,
+                Err(_) => continue,
+            }
+        } else {
+            row.secret.clone()
+        };
+        // Conditional on the value read, so two processes sealing at once do not clash.
+        let done = access_key::Entity::update_many()
+            .col_expr(
+                access_key::Column::Secret,
+                sea_orm::sea_query::Expr::value(master.seal(&plain, &row.access_key_id)),
+            )
+            .filter(access_key::Column::AccessKeyId.eq(row.access_key_id.as_str()))
+            .filter(access_key::Column::Secret.eq(row.secret.as_str()))
+            .exec(db)
+            .await?;
+        sealed += done.rows_affected;
+    }
+    if sealed > 0 {
+        tracing::warn!(
+            sealed,
+            "sealed access key secrets with the current master key"
+        );
+    }
+    Ok(sealed)
 }
 
 /// What the signature covers besides the parameters.
@@ -161,6 +222,10 @@ pub struct SignedRequest<'a> {
     pub body: &'a [u8],
     /// True when the action came from the `x-acs-action` header (it must then be signed).
     pub action_from_header: bool,
+    /// True when the version came from the `x-acs-version` header (it must then be signed).
+    pub version_from_header: bool,
+    /// True when the body was read as parameters (its content type must then be signed).
+    pub body_params: bool,
 }
 
 /// Who signed a request, and the nonce to record (the caller records it, see `writer`).
@@ -206,6 +271,8 @@ async fn acs3(keys: &KeyStore, req: &SignedRequest<'_>, authz: &str) -> Result<C
     ))?;
     let date = header(req.headers, "x-acs-date")
         .ok_or(ApiError::IncompleteSignature("x-acs-date is missing."))?;
+    // The clock first: a stale or forged request costs no key lookup at all.
+    check_timestamp(parse_time(date)?)?;
     let nonce = header(req.headers, "x-acs-signature-nonce").ok_or(
         ApiError::IncompleteSignature("x-acs-signature-nonce is missing."),
     )?;
@@ -223,9 +290,17 @@ async fn acs3(keys: &KeyStore, req: &SignedRequest<'_>, authz: &str) -> Result<C
     if req.action_from_header {
         must_sign.push("x-acs-action");
     }
+    if req.version_from_header {
+        must_sign.push("x-acs-version");
+    }
     if must_sign.iter().any(|h| !signed.contains(h)) {
         return Err(ApiError::IncompleteSignature(
             "SignedHeaders must include the x-acs-* headers.",
+        ));
+    }
+    if req.body_params && !signed.contains(&"content-type") {
+        return Err(ApiError::IncompleteSignature(
+            "SignedHeaders must include content-type when the body carries parameters.",
         ));
     }
     let mut headers = Vec::with_capacity(signed.len());
@@ -245,8 +320,7 @@ async fn acs3(keys: &KeyStore, req: &SignedRequest<'_>, authz: &str) -> Result<C
         headers.push((name.to_string(), values.join(",")));
     }
 
-    let (key, cached) = keys.lookup(&auth.access_key_id).await?;
-    check_timestamp(parse_time(date)?)?;
+    let key = keys.lookup(&auth.access_key_id)?;
     if !signing::signatures_equal(
         &signing::sha256_hex(req.body),
         &content_sha.to_ascii_lowercase(),
@@ -265,9 +339,6 @@ async fn acs3(keys: &KeyStore, req: &SignedRequest<'_>, authz: &str) -> Result<C
     if !signing::signatures_equal(&expected, &auth.signature.to_ascii_lowercase()) {
         return Err(ApiError::SignatureDoesNotMatch);
     }
-    if !cached {
-        keys.remember(&key);
-    }
     caller(&key, nonce)
 }
 
@@ -282,6 +353,7 @@ async fn v1(keys: &KeyStore, req: &SignedRequest<'_>) -> Result<Caller, ApiError
         .get("SignatureNonce")
         .ok_or(missing("SignatureNonce is missing."))?;
     let timestamp = p.get("Timestamp").ok_or(missing("Timestamp is missing."))?;
+    check_timestamp(parse_time(timestamp)?)?;
     match p.get("SignatureMethod") {
         Some("HMAC-SHA1") => {}
         None => return Err(missing("SignatureMethod is missing.")),
@@ -290,8 +362,7 @@ async fn v1(keys: &KeyStore, req: &SignedRequest<'_>) -> Result<Caller, ApiError
     if p.get("SignatureVersion").is_none() {
         return Err(missing("SignatureVersion is missing."));
     }
-    let (key, cached) = keys.lookup(ak).await?;
-    check_timestamp(parse_time(timestamp)?)?;
+    let key = keys.lookup(ak)?;
     let signed_params: Vec<(&str, &str)> = p
         .pairs()
         .iter()
@@ -304,9 +375,6 @@ async fn v1(keys: &KeyStore, req: &SignedRequest<'_>) -> Result<Caller, ApiError
     );
     if !signing::signatures_equal(&expected, signature) {
         return Err(ApiError::SignatureDoesNotMatch);
-    }
-    if !cached {
-        keys.remember(&key);
     }
     caller(&key, nonce)
 }
@@ -328,7 +396,7 @@ fn check_timestamp(ms: i64) -> Result<(), ApiError> {
     }
 }
 
-fn caller(key: &access_key::Model, nonce: &str) -> Result<Caller, ApiError> {
+fn caller(key: &Key, nonce: &str) -> Result<Caller, ApiError> {
     if nonce.len() > 128 {
         return Err(ApiError::IncompleteSignature(
             "The signature nonce is too long.",
@@ -364,80 +432,68 @@ pub fn db_unavailable(e: DbErr) -> ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sea_orm::{ActiveValue::Set, TransactionTrait};
+    use sea_orm::ActiveValue::Set;
 
     use crate::testing::TempDb;
 
-    /// A fresh SQLite database holding one active key, and a store in front of it.
-    async fn store_with_key(id: &str) -> (KeyStore, TempDb) {
-        let path =
-            std::env::temp_dir().join(format!("msgcontact-keys-{}.db", uuid::Uuid::new_v4()));
-        let url = format!("sqlite://{}?mode=rwc", path.display());
-        let db = msgcontact::db::connect(&url, 1).await.expect("database");
+    async fn insert_key(db: &DatabaseConnection, id: &str, secret: &str) {
         access_key::Entity::insert(access_key::ActiveModel {
             access_key_id: Set(id.into()),
             account_id: Set("1234567890123456".into()),
-            secret: Set("testSecret".into()),
+            secret: Set(secret.into()),
             status: Set(status::access_key::ACTIVE.into()),
             created_ms: Set(now_ms()),
         })
-        .exec_without_returning(&db)
+        .exec_without_returning(db)
         .await
         .expect("key");
-        (KeyStore::new(db), TempDb(path))
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn requests_missing_one_key_together_share_one_read() {
-        let (keys, _file) = store_with_key("LTAIshared").await;
-        // The pool's one connection held elsewhere: the first reader's read waits for it, so all
-        // 32 miss while that read is under way (unheld, a first read could finish before the last
-        // lookup had begun, and that one would rightly read again).
-        let held = keys.db.begin().await.expect("the pool's connection");
-        let mut lookups: Vec<_> = (0..32)
-            .map(|_| Box::pin(keys.lookup("LTAIshared")))
-            .collect();
-        for lookup in &mut lookups {
-            assert!(futures::poll!(lookup.as_mut()).is_pending());
-        }
-        held.rollback().await.expect("rollback");
-        let found = futures::future::join_all(lookups).await;
-        assert!(
-            found
-                .iter()
-                .all(|r| matches!(r, Ok((k, false)) if k.secret == "testSecret"))
-        );
-        assert_eq!(
-            keys.reads.load(Ordering::Relaxed),
-            1,
-            "32 misses at once, one read"
-        );
-        assert!(keys.reading.lock().unwrap().is_empty(), "the read is over");
-
-        // An unknown key is not remembered: each later miss reads again, and says not found.
-        for _ in 0..2 {
-            assert!(matches!(
-                keys.lookup("LTAIunknown").await,
-                Err(ApiError::AccessKeyNotFound)
-            ));
-        }
-        assert_eq!(keys.reads.load(Ordering::Relaxed), 3);
-
-        // A verified key is served from the cache afterwards.
-        let (key, _) = keys.lookup("LTAIshared").await.expect("key");
-        keys.remember(&key);
-        assert!(matches!(keys.lookup("LTAIshared").await, Ok((_, true))));
-        assert_eq!(keys.reads.load(Ordering::Relaxed), 4);
     }
 
     #[tokio::test]
-    async fn a_dropped_first_reader_leaves_no_read_behind() {
-        let (keys, _file) = store_with_key("LTAIdropped").await;
-        // Polled once, then dropped mid-read (a caller that hung up): its entry goes with it.
-        let mut first = Box::pin(keys.lookup("LTAIdropped"));
-        let _ = futures::poll!(first.as_mut());
-        drop(first);
-        assert!(keys.reading.lock().unwrap().is_empty());
-        assert!(matches!(keys.lookup("LTAIdropped").await, Ok((_, false))));
+    async fn unknown_keys_cost_no_read_and_new_keys_appear_on_refresh() {
+        let file = TempDb::new("keys");
+        let db = msgcontact::db::connect(&file.url(), 1)
+            .await
+            .expect("database");
+        // Stored in clear, as an earlier version did: sealed on load, and still usable.
+        insert_key(&db, "LTAIlegacy", "legacy-secret-0123456789").await;
+        let master = MasterKey::random();
+        let keys = KeyStore::load(db.clone(), master.clone())
+            .await
+            .expect("load");
+        let stored = access_key::Entity::find_by_id("LTAIlegacy".to_owned())
+            .one(&db)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(master.is_current(&stored.secret) && !stored.secret.contains("legacy-secret"));
+        assert_eq!(
+            keys.lookup("LTAIlegacy").unwrap().secret,
+            "legacy-secret-0123456789"
+        );
+
+        let before = keys.reads();
+        for i in 0..1000 {
+            assert!(matches!(
+                keys.lookup(&format!("LTAIunknown{i}")),
+                Err(ApiError::AccessKeyNotFound)
+            ));
+        }
+        assert_eq!(keys.reads(), before, "unknown keys read nothing");
+
+        let sealed = master.seal("fresh-secret-0123456789", "LTAIfresh");
+        insert_key(&db, "LTAIfresh", &sealed).await;
+        assert!(keys.lookup("LTAIfresh").is_err());
+        keys.refresh().await.unwrap();
+        assert_eq!(
+            keys.lookup("LTAIfresh").unwrap().secret,
+            "fresh-secret-0123456789"
+        );
+        keys.forget("LTAIfresh");
+        assert!(matches!(
+            keys.lookup("LTAIfresh"),
+            Err(ApiError::AccessKeyInactive)
+        ));
+        db.close().await.ok();
     }
 }

@@ -3,6 +3,7 @@
 use msgcontact::{
     domain::AccountId,
     entities::{access_key, account},
+    secrets::{MIN_SECRET_LEN, MasterKey},
     status,
     time::{format_ms, now_ms},
 };
@@ -22,9 +23,13 @@ pub enum AccessKeyCommand {
         /// Chosen id (default: generated).
         #[arg(long)]
         access_key_id: Option<String>,
-        /// Chosen secret (default: generated).
-        #[arg(long)]
+        /// Chosen secret (default: generated). Prefer `--access-key-secret-stdin`: an argument
+        /// stays in the shell's history and the process list.
+        #[arg(long, conflicts_with = "access_key_secret_stdin")]
         access_key_secret: Option<String>,
+        /// Reads the chosen secret from standard input (its first line).
+        #[arg(long)]
+        access_key_secret_stdin: bool,
     },
     /// Lists access keys (without secrets) as JSON.
     List,
@@ -76,6 +81,7 @@ async fn ensure_account(db: &DatabaseConnection, id: &AccountId) -> Result<(), s
 /// Creates a key and returns its JSON description (secret included, shown only here).
 pub async fn create_key(
     db: &DatabaseConnection,
+    master: &MasterKey,
     account_id: &str,
     access_key_id: Option<String>,
     secret: Option<String>,
@@ -89,15 +95,16 @@ pub async fn create_key(
         "access key id must be 1 to 64 characters"
     );
     anyhow::ensure!(
-        !secret.is_empty() && secret.len() <= 128,
-        "secret must be 1 to 128 characters"
+        (MIN_SECRET_LEN..=128).contains(&secret.len())
+            && secret.bytes().all(|b| b.is_ascii_graphic()),
+        "secret must be {MIN_SECRET_LEN} to 128 printable characters without spaces"
     );
     ensure_account(db, &account).await?;
     let now = now_ms();
     access_key::Entity::insert(access_key::ActiveModel {
         access_key_id: Set(id.clone()),
         account_id: Set(account.to_string()),
-        secret: Set(secret.clone()),
+        secret: Set(master.seal(&secret, &id)),
         status: Set(status::access_key::ACTIVE.into()),
         created_ms: Set(now),
     })
@@ -113,13 +120,27 @@ pub async fn create_key(
     }))
 }
 
-pub async fn access_key(db: &DatabaseConnection, cmd: AccessKeyCommand) -> anyhow::Result<Value> {
+pub async fn access_key(
+    db: &DatabaseConnection,
+    master: &MasterKey,
+    cmd: AccessKeyCommand,
+) -> anyhow::Result<Value> {
     match cmd {
         AccessKeyCommand::Create {
             account_id,
             access_key_id,
             access_key_secret,
-        } => create_key(db, &account_id, access_key_id, access_key_secret).await,
+            access_key_secret_stdin,
+        } => {
+            let secret = if access_key_secret_stdin {
+                let mut line = String::new();
+                std::io::stdin().read_line(&mut line)?;
+                Some(line.trim_end_matches(['\r', '\n']).to_owned())
+            } else {
+                access_key_secret
+            };
+            create_key(db, master, &account_id, access_key_id, secret).await
+        }
         AccessKeyCommand::List => {
             let keys = access_key::Entity::find()
                 .order_by_asc(access_key::Column::CreatedMs)
@@ -175,9 +196,14 @@ pub async fn account(db: &DatabaseConnection, cmd: AccountCommand) -> anyhow::Re
 }
 
 /// On a database with no access key at all, creates a development key and returns it.
-pub async fn ensure_dev_key(db: &DatabaseConnection) -> anyhow::Result<Option<Value>> {
+pub async fn ensure_dev_key(
+    db: &DatabaseConnection,
+    master: &MasterKey,
+) -> anyhow::Result<Option<Value>> {
     if access_key::Entity::find().count(db).await? > 0 {
         return Ok(None);
     }
-    Ok(Some(create_key(db, "1000000000000001", None, None).await?))
+    Ok(Some(
+        create_key(db, master, "1000000000000001", None, None).await?,
+    ))
 }

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod ops;
 pub mod params;
 pub mod publisher;
+pub mod server;
 pub mod writer;
 
 #[cfg(test)]
@@ -82,7 +83,19 @@ pub struct ApiOptions {
     /// Most requests whose writes share one transaction (group commit).
     #[arg(long, env = "MSGCONTACT_WRITE_BATCH_MAX", default_value_t = 128)]
     pub write_batch_max: usize,
+    /// Most connections served at once; more are closed on accept.
+    #[arg(long, env = "MSGCONTACT_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// Address for `/metrics` and `/ops` (they then leave the API address, where every caller
+    /// could read all tenants' counts). Unset: both are served on the API address.
+    #[arg(long, env = "MSGCONTACT_ADMIN_LISTEN")]
+    pub admin_listen: Option<String>,
 }
+
+/// Longest a request may take from its headers to its answer; past it the answer is 503.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest a request's body may take to arrive.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Everything `msgcontact-api` needs to serve.
 #[derive(clap::Args, Debug, Clone)]
@@ -104,7 +117,10 @@ pub struct AppState {
     pub publisher: Publisher,
     /// Group commit of nonces and send reservations.
     pub writer: writer::Writer,
-    pub code_secret: Vec<u8>,
+    /// Derives and checks verification codes.
+    pub code_secrets: msgcontact::secrets::CodeSecrets,
+    /// Seals access key secrets (the CLI's development key).
+    pub master: msgcontact::secrets::MasterKey,
     pub max_body_bytes: usize,
     /// Recent queue reports, for the ops page.
     pub history: msgcontact_worker::admin::History,
@@ -123,6 +139,8 @@ pub async fn write_txn(db: &DatabaseConnection) -> Result<DatabaseTransaction, A
 
 pub struct Application {
     listener: tokio::net::TcpListener,
+    admin_listener: Option<tokio::net::TcpListener>,
+    limits: server::Limits,
     state: Arc<AppState>,
     amqp_url: String,
     broker_recovery_timeout: Duration,
@@ -134,8 +152,9 @@ impl Application {
         msgcontact::metrics::handle();
         let db =
             msgcontact::db::connect(&config.infra.database_url, config.infra.database_pool).await?;
-        let code_secret =
-            msgcontact::db::code_secret(&db, config.infra.code_secret.as_deref()).await?;
+        let master = config.infra.secrets.master_key()?;
+        let code_secrets = msgcontact::db::code_secrets(&db, &config.infra.secrets).await?;
+        let keys = auth::KeyStore::load(db.clone(), master.clone()).await?;
         let writer =
             writer::Writer::start(&config.infra.database_url, config.api.write_batch_max).await?;
         let topology = config.infra.topology();
@@ -147,18 +166,28 @@ impl Application {
         )
         .await?;
         let listener = tokio::net::TcpListener::bind(&config.api.api_listen).await?;
+        let admin_listener = match &config.api.admin_listen {
+            Some(addr) => Some(tokio::net::TcpListener::bind(addr).await?),
+            None => None,
+        };
         Ok(Self {
             listener,
+            admin_listener,
+            limits: server::Limits {
+                max_connections: config.api.max_connections.max(1),
+                ..Default::default()
+            },
             amqp_url: config.infra.amqp_url.clone(),
             broker_recovery_timeout: config.infra.broker_recovery_timeout(),
             topology,
             state: Arc::new(AppState {
                 writer,
-                keys: auth::KeyStore::new(db.clone()),
+                keys,
                 db,
                 policy: config.policy,
                 publisher,
-                code_secret,
+                code_secrets,
+                master,
                 max_body_bytes: config.api.max_body_bytes,
                 history: Default::default(),
             }),
@@ -169,6 +198,13 @@ impl Application {
         self.listener
             .local_addr()
             .expect("bound listener has an address")
+    }
+
+    /// The admin address, when `MSGCONTACT_ADMIN_LISTEN` is set.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_listener
+            .as_ref()
+            .map(|l| l.local_addr().expect("bound listener has an address"))
     }
 
     pub fn state(&self) -> Arc<AppState> {
@@ -184,6 +220,17 @@ impl Application {
                 async move {
                     if let Err(e) = auth::purge_nonces(&db).await {
                         tracing::warn!(error = %e, "nonce purge failed");
+                    }
+                }
+            }
+        });
+        let key_refresh = msgcontact::time::every(auth::KEY_REFRESH, shutdown.clone(), {
+            let state = state.clone();
+            move || {
+                let state = state.clone();
+                async move {
+                    if let Err(e) = state.keys.refresh().await {
+                        tracing::warn!(error = %e, "access key refresh failed");
                     }
                 }
             }
@@ -232,12 +279,26 @@ impl Application {
                 }
             })
         };
-        let app = router(state.clone());
-        tracing::info!(addr = %self.local_addr(), "API listening");
-        axum::serve(self.listener, app)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await?;
+        let admin = match self.admin_listener {
+            Some(listener) => {
+                tracing::info!(addr = %listener.local_addr()?, "admin listening");
+                Some(tokio::spawn(server::serve(
+                    listener,
+                    admin_router(state.clone()),
+                    self.limits,
+                    shutdown.clone(),
+                )))
+            }
+            None => None,
+        };
+        let app = router(state.clone(), admin.is_none());
+        tracing::info!(addr = %self.listener.local_addr()?, "API listening");
+        server::serve(self.listener, app, self.limits, shutdown.clone()).await?;
+        if let Some(admin) = admin {
+            let _ = admin.await;
+        }
         purger.abort();
+        let _ = key_refresh.await;
         if let Some(checkpointer) = checkpointer {
             let _ = checkpointer.await;
         }
@@ -257,15 +318,53 @@ impl Application {
     }
 }
 
-pub fn router(state: Arc<AppState>) -> Router {
+/// The API: RPC at `/`, health checks, and the operators' pages unless they have an address of
+/// their own. A panic answers 500 in the wire format.
+pub fn router(state: Arc<AppState>, with_admin: bool) -> Router {
+    let routes = health_routes().fallback(rpc);
+    let routes = if with_admin {
+        routes.merge(admin_routes())
+    } else {
+        routes
+    };
+    routes
+        .with_state(state)
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
+}
+
+/// The admin address: the operators' pages (metrics, the ops page with all tenants' counts) and
+/// health checks.
+pub fn admin_router(state: Arc<AppState>) -> Router {
+    health_routes()
+        .merge(admin_routes())
+        .with_state(state)
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
+}
+
+fn health_routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+}
+
+fn admin_routes() -> Router<Arc<AppState>> {
+    Router::new()
         .route("/metrics", get(|| async { msgcontact::metrics::render() }))
         .route("/ops", get(|| async { axum::response::Html(OPS_PAGE) }))
         .route("/ops/data", get(ops_data))
-        .fallback(rpc)
-        .with_state(state)
+}
+
+/// A handler's panic, answered as the wire format's `InternalError` (the panic's text stays in
+/// the log: it could hold anything).
+fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    metrics::counter!(msgcontact::metrics::API_PANICS).increment(1);
+    tracing::error!(panic = %what, "request handler panicked");
+    render(RequestId::new(), "msgcontact", Err(ApiError::Internal))
 }
 
 /// The live ops page: one self-contained file, no external assets.
@@ -355,7 +454,16 @@ async fn rpc(State(state): State<Arc<AppState>>, req: Request) -> Response {
         .to_owned();
     let span = tracing::info_span!("rpc", request_id = %request_id, action = tracing::field::Empty);
     let mut action = "Unknown";
-    let result = handle(&state, req, request_id, &span, &mut action).await;
+    // The deadline drops whatever the request still waits for; a send's reservation and publish
+    // run in a task of their own (see `ops::send`), so dropping never strands one.
+    let result = tokio::time::timeout(
+        REQUEST_TIMEOUT,
+        handle(&state, req, request_id, &span, &mut action),
+    )
+    .await
+    .unwrap_or(Err(ApiError::ServiceUnavailable {
+        retry_after_ms: 1000,
+    }));
     let (code, status) = match &result {
         Ok(_) => (std::borrow::Cow::Borrowed("OK"), 200),
         Err(e) => {
@@ -381,6 +489,7 @@ fn status_label(status: u16) -> &'static str {
         404 => "404",
         405 => "405",
         409 => "409",
+        408 => "408",
         413 => "413",
         429 => "429",
         500 => "500",
@@ -390,7 +499,7 @@ fn status_label(status: u16) -> &'static str {
 }
 
 async fn handle(
-    state: &AppState,
+    state: &Arc<AppState>,
     req: Request,
     request_id: RequestId,
     span: &tracing::Span,
@@ -407,16 +516,38 @@ async fn handle(
     let mut query = Params::default();
     query.parse_into(parts.uri.query().unwrap_or("").as_bytes())?;
     let mut all = query.clone();
-    if is_form(&parts.headers)
-        || (!body.is_empty() && parts.headers.get(header::CONTENT_TYPE).is_none())
-    {
+    let acs3 = parts.headers.contains_key(header::AUTHORIZATION);
+    let form = is_form(&parts.headers);
+    // A body becomes parameters only where the signature covers that reading: v1 signs every
+    // parameter itself; ACS3 signs only the body's hash, so its content type must be signed too
+    // (else a captured request's body could be re-read as other parameters).
+    let body_params = if acs3 {
+        form && !body.is_empty()
+    } else {
+        form || (!body.is_empty() && parts.headers.get(header::CONTENT_TYPE).is_none())
+    };
+    if body_params {
         all.parse_into(&body)?;
     }
-    let header_action = parts
-        .headers
-        .get("x-acs-action")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty());
+    let header_value = |name: &str| {
+        parts
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty())
+    };
+    let header_action = header_value("x-acs-action");
+    let header_version = header_value("x-acs-version");
+    // v1 signs no header: a header that would pick the action or version must say what the
+    // signed parameters say, or it is an unsigned change. (A request signed neither way is
+    // refused as unsigned further on.)
+    if !acs3 && all.get("Signature").is_some() {
+        let differs = |h: Option<&str>, p: Option<&str>| h.is_some() && h != p;
+        if differs(header_action, all.get("Action")) || differs(header_version, all.get("Version"))
+        {
+            return Err(ApiError::SignatureDoesNotMatch);
+        }
+    }
     let action = header_action
         .or(all.get("Action"))
         .ok_or(ApiError::MissingAction)?
@@ -425,11 +556,7 @@ async fn handle(
     if let Some(known) = ops::ACTIONS.iter().find(|a| **a == action) {
         *action_label = known;
     }
-    let version = parts
-        .headers
-        .get("x-acs-version")
-        .and_then(|v| v.to_str().ok())
-        .or(all.get("Version"));
+    let version = header_version.or(all.get("Version"));
     if version != Some(API_VERSION) {
         return Err(ApiError::InvalidVersion);
     }
@@ -443,6 +570,8 @@ async fn handle(
             all_params: &all,
             body: &body,
             action_from_header: header_action.is_some(),
+            version_from_header: header_version.is_some(),
+            body_params,
         },
     )
     .await?;
@@ -476,7 +605,10 @@ fn is_form(headers: &HeaderMap) -> bool {
 }
 
 async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
+    let read = tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, limit))
+        .await
+        .map_err(|_| ApiError::RequestTimeout)?;
+    read.map_err(|e| {
         // `to_bytes` reports an over-limit body as a length-limit error somewhere in its sources.
         let mut src: Option<&dyn std::error::Error> = Some(&e);
         while let Some(s) = src {
@@ -487,4 +619,40 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
         }
         ApiError::InvalidParameter("Body")
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::{body::Body, http::Request, routing::get};
+    use tower::ServiceExt;
+
+    async fn boom() -> &'static str {
+        let secret = "boom with a secret 123456";
+        if !secret.is_empty() {
+            panic!("{secret}");
+        }
+        secret
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_500_in_the_wire_format() {
+        let app = axum::Router::new().route("/", get(boom)).layer(
+            tower_http::catch_panic::CatchPanicLayer::custom(super::panicked),
+        );
+        let resp = app
+            .oneshot(Request::get("/").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 500);
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(json["Code"], "InternalError");
+        assert!(json["RequestId"].as_str().is_some_and(|r| r.len() == 36));
+        assert!(
+            !String::from_utf8_lossy(&body).contains("123456"),
+            "the panic's text stays out"
+        );
+    }
 }

@@ -52,7 +52,10 @@ async fn main() -> anyhow::Result<()> {
                 .context("database")?;
             let out = match cmd {
                 Command::Migrate => serde_json::json!({ "migrated": true }),
-                Command::AccessKey(c) => cli::access_key(&db, c).await?,
+                Command::AccessKey(c) => {
+                    let master = infra.secrets.master_key().context("master key")?;
+                    cli::access_key(&db, &master, c).await?
+                }
                 Command::Account(c) => cli::account(&db, c).await?,
             };
             println!("{}", serde_json::to_string_pretty(&out)?);
@@ -71,7 +74,7 @@ async fn serve(args: Cli) -> anyhow::Result<()> {
         .await
         .context("starting the API")?;
     if args.with_worker {
-        if let Some(key) = cli::ensure_dev_key(&api.state().db).await? {
+        if let Some(key) = cli::ensure_dev_key(&api.state().db, &api.state().master).await? {
             println!(
                 "Development access key (created because the database had none):\n{}",
                 serde_json::to_string_pretty(&key)?

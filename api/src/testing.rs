@@ -10,3 +10,14 @@ impl Drop for TempDb {
         }
     }
 }
+
+impl TempDb {
+    /// A fresh file name in the temp directory.
+    pub(crate) fn new(what: &str) -> Self {
+        Self(std::env::temp_dir().join(format!("msgcontact-{what}-{}.db", uuid::Uuid::new_v4())))
+    }
+
+    pub(crate) fn url(&self) -> String {
+        format!("sqlite://{}?mode=rwc", self.0.display())
+    }
+}

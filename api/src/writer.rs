@@ -890,8 +890,10 @@ mod tests {
         // The writer copied the rest after the batch that followed the request, and the last
         // batch wrote the WAL from its start.
         let restarted = frames_after(true).await;
+        // A few frames (one or two batches, more when a busy machine delays the writer's look),
+        // against every batch's frames kept without the restart.
         assert!(
-            restarted < 5,
+            restarted * 4 < kept,
             "the WAL did not start over: {restarted} frames (without a restart: {kept})"
         );
     }

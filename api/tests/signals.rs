@@ -30,6 +30,7 @@ async fn sigterm_stops_the_api_binary_with_exit_0() {
         .env("MSGCONTACT_API_LISTEN", listen.to_string())
         .env("MSGCONTACT_RESEND_COOLDOWN_SECS", "0")
         .env("MSGCONTACT_LOG_FORMAT", "json")
+        .envs(app.secrets_env())
         .stdout(std::process::Stdio::null())
         .spawn()
         .expect("start the API binary");

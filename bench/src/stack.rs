@@ -385,9 +385,21 @@ impl Stack {
             },
         );
         let key_id = format!("LTAIbench{tag}");
-        let secret = "benchSecret".to_owned();
-        msgcontact_api::cli::create_key(&conn, ACCOUNT, Some(key_id.clone()), Some(secret.clone()))
-            .await?;
+        let secret = "benchSecret-0123456789".to_owned();
+        // The stack's processes find the master key generated here (MSGCONTACT_SECRETS_DIR).
+        let master = msgcontact::secrets::SecretsConfig {
+            secrets_dir: dir.clone(),
+            ..Default::default()
+        }
+        .master_key()?;
+        msgcontact_api::cli::create_key(
+            &conn,
+            &master,
+            ACCOUNT,
+            Some(key_id.clone()),
+            Some(secret.clone()),
+        )
+        .await?;
         let types = MessageTypes::parse(&["FaultMessage"])?.to_stored();
         let mut list = Vec::with_capacity(contacts);
         let now = msgcontact::time::now_ms();
@@ -445,6 +457,7 @@ impl Stack {
             .env("MSGCONTACT_DAILY_LIMIT", "1000000000")
             .env("MSGCONTACT_RESEND_COOLDOWN_SECS", "0")
             .env("MSGCONTACT_LOG_FORMAT", "json")
+            .env("MSGCONTACT_SECRETS_DIR", &self.dir)
             .stdout(std::process::Stdio::null())
             .stderr(std::fs::File::create(self.dir.join(log))?)
             .kill_on_drop(true);

@@ -4,6 +4,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261201_000001_initial;
 mod m20261202_000001_hot_status_updates;
+mod m20261205_000001_sealed_secrets;
 
 pub struct Migrator;
 
@@ -13,6 +14,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261201_000001_initial::Migration),
             Box::new(m20261202_000001_hot_status_updates::Migration),
+            Box::new(m20261205_000001_sealed_secrets::Migration),
         ]
     }
 }

@@ -35,6 +35,11 @@ pub enum Step {
     Reset,
     /// Not delivered: this HTTP error status, answered only after this long.
     SlowStatus(Duration, u16),
+    /// Not delivered: this HTTP status, with the whole request (line, headers, body) echoed back
+    /// in the answer's `Code`, `Message` and body, as some proxies and providers do.
+    Echo(u16),
+    /// Not delivered: a redirect with this status to `Location`.
+    Redirect(u16, String),
 }
 
 #[derive(Debug, Clone)]
@@ -127,20 +132,27 @@ impl FakeSms {
                 .filter_map(|l| l.split_once(':'))
                 .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
                 .collect();
+            let length = headers
+                .iter()
+                .find(|(k, _)| k == "content-length")
+                .and_then(|(_, v)| v.parse::<usize>().ok())
+                .unwrap_or(0);
+            let mut body = buf[head_end + 4..].to_vec();
+            while body.len() < length {
+                match sock.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => body.extend_from_slice(&chunk[..n]),
+                }
+            }
             let (path, query) = target.split_once('?').unwrap_or((&target, ""));
-            let params: Vec<(String, String)> = query
-                .split('&')
-                .filter(|p| !p.is_empty())
-                .map(|p| {
-                    let (k, v) = p.split_once('=').unwrap_or((p, ""));
-                    let d = |s: &str| {
-                        percent_encoding::percent_decode_str(&s.replace('+', " "))
-                            .decode_utf8_lossy()
-                            .into_owned()
-                    };
-                    (d(k), d(v))
-                })
-                .collect();
+            let decode = |s: &str| -> Vec<(String, String)> {
+                form_urlencoded::parse(s.as_bytes())
+                    .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                    .collect()
+            };
+            let query_params = decode(query);
+            let mut params = query_params.clone();
+            params.extend(decode(&String::from_utf8_lossy(&body)));
             let get = |n: &str| {
                 params
                     .iter()
@@ -148,7 +160,7 @@ impl FakeSms {
                     .map(|(_, v)| v.clone())
                     .unwrap_or_default()
             };
-            let signature_ok = verify(path, &params, &headers);
+            let signature_ok = verify(path, &query_params, &headers, &body);
             let code = serde_json::from_str::<serde_json::Value>(&get("TemplateParam"))
                 .ok()
                 .and_then(|v| v["code"].as_str().map(str::to_owned))
@@ -192,6 +204,18 @@ impl FakeSms {
             let (status, extra, body) = match &step {
                 Step::Ok | Step::Hang(_) | Step::Reset => (200, String::new(), ok_body),
                 Step::SlowStatus(..) => unreachable!("answered as a Status above"),
+                Step::Echo(s) => {
+                    let echoed = format!("{head}\r\n\r\n{}", String::from_utf8_lossy(&body));
+                    (
+                        *s,
+                        String::new(),
+                        serde_json::json!({ "Code": echoed, "Message": echoed, "BizId": echoed })
+                            .to_string(),
+                    )
+                }
+                Step::Redirect(s, location) => {
+                    (*s, format!("Location: {location}\r\n"), String::new())
+                }
                 Step::Status(s, ra) => (
                     *s,
                     ra.map(|r| format!("Retry-After: {r}\r\n"))
@@ -233,7 +257,12 @@ impl FakeSms {
     }
 }
 
-fn verify(path: &str, params: &[(String, String)], headers: &[(String, String)]) -> bool {
+fn verify(
+    path: &str,
+    params: &[(String, String)],
+    headers: &[(String, String)],
+    body: &[u8],
+) -> bool {
     let h = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
     let Some(auth) = h("authorization")
         .as_deref()
@@ -242,6 +271,13 @@ fn verify(path: &str, params: &[(String, String)], headers: &[(String, String)])
         return false;
     };
     if auth.access_key_id != ACCESS_KEY_ID {
+        return false;
+    }
+    // The body is covered by its hash, and a form body's reading by its signed content type.
+    let payload_hash = h("x-acs-content-sha256").unwrap_or_default();
+    if payload_hash != signing::sha256_hex(body)
+        || (!body.is_empty() && !auth.signed_headers.split(';').any(|n| n == "content-type"))
+    {
         return false;
     }
     let signed: Vec<(String, String)> = auth

@@ -72,6 +72,10 @@ pub struct Options {
     /// The broker the app talks to (a [`proxy::BrokerProxy`] to cut it); the shared one if unset.
     pub amqp_url: Option<String>,
     pub broker_recovery_timeout_secs: u64,
+    /// `MSGCONTACT_MAX_CONNECTIONS` of the API.
+    pub max_connections: usize,
+    /// Serve `/metrics` and `/ops` on an admin address of their own.
+    pub admin_listen: bool,
 }
 
 impl Default for Options {
@@ -93,6 +97,8 @@ impl Default for Options {
             retry_delays: "0.3,1,1",
             amqp_url: None,
             broker_recovery_timeout_secs: 300,
+            max_connections: 10_000,
+            admin_listen: false,
         }
     }
 }
@@ -217,6 +223,10 @@ pub struct TestApp {
     pub db: DatabaseConnection,
     pub prefix: String,
     pub key: Key,
+    /// The instances' admin addresses (with `Options::admin_listen`).
+    pub admin_addrs: Vec<SocketAddr>,
+    /// Every in-process API instance's state.
+    pub states: Vec<std::sync::Arc<msgcontact_api::AppState>>,
     pub inbox: Inbox,
     pub inbox_addr: SocketAddr,
     pub options: Options,
@@ -318,9 +328,30 @@ pub fn infra(db_url: &str, prefix: &str, o: &Options) -> InfraConfig {
         queue_max_length: o.queue_max_length,
         database_pool: 8,
         retry_delays_secs: o.retry_delays.parse().unwrap(),
-        code_secret: None,
+        secrets: test_secrets(prefix),
         log_format: "pretty".into(),
         broker_recovery_timeout_secs: o.broker_recovery_timeout_secs,
+    }
+}
+
+/// Makes keys just created known to every API instance now (they would be within
+/// `auth::KEY_REFRESH`).
+pub async fn refresh_keys(states: &[std::sync::Arc<msgcontact_api::AppState>]) {
+    for s in states {
+        s.keys.refresh().await.unwrap();
+    }
+}
+
+/// The test's secrets, derived from its queue prefix: every API instance and worker of one test
+/// (in process or a child process) shares them, and no two tests do.
+pub fn test_secrets(prefix: &str) -> msgcontact::secrets::SecretsConfig {
+    let hex: String = prefix.bytes().map(|b| format!("{b:02x}")).collect();
+    let key = format!("{:0>64}", &hex[hex.len().saturating_sub(64)..]);
+    msgcontact::secrets::SecretsConfig {
+        master_key: Some(key),
+        code_secret: Some(format!("code-secret-{prefix}")),
+        secrets_dir: std::env::temp_dir(),
+        ..Default::default()
     }
 }
 
@@ -340,6 +371,8 @@ pub fn api_config(
             publish_confirm_timeout_ms: 5000,
             publish_channels: 2,
             write_batch_max: 128,
+            max_connections: o.max_connections,
+            admin_listen: o.admin_listen.then(|| "127.0.0.1:0".to_owned()),
         },
     }
 }
@@ -403,7 +436,8 @@ impl TestApp {
         let shutdown = CancellationToken::new();
         let mut tasks = vec![inbox_task];
         let mut api_addrs = Vec::new();
-        let mut first_state = None;
+        let mut states = Vec::new();
+        let mut admin_addrs = Vec::new();
         for _ in 0..options.api_instances {
             let app = msgcontact_api::Application::build(api_config(
                 &db_url,
@@ -419,16 +453,19 @@ impl TestApp {
                 )
             });
             api_addrs.push(app.local_addr());
-            first_state.get_or_insert_with(|| app.state());
+            states.push(app.state());
+            admin_addrs.extend(app.admin_addr());
             let stop = shutdown.clone();
             tasks.push(tokio::spawn(async move {
                 app.run_until_stopped(stop).await.unwrap();
             }));
         }
-        let db = first_state.unwrap().db.clone();
-        let created = msgcontact_api::cli::create_key(&db, "1234567890123456", None, None)
+        let db = states[0].db.clone();
+        let master = test_secrets(&prefix).master_key().unwrap();
+        let created = msgcontact_api::cli::create_key(&db, &master, "1234567890123456", None, None)
             .await
             .unwrap();
+        refresh_keys(&states).await;
         let key = Key {
             id: created["AccessKeyId"].as_str().unwrap().into(),
             secret: created["AccessKeySecret"].as_str().unwrap().into(),
@@ -441,6 +478,8 @@ impl TestApp {
             db,
             prefix,
             key,
+            admin_addrs,
+            states,
             inbox,
             inbox_addr,
             options: options.clone(),
@@ -460,6 +499,11 @@ impl TestApp {
             app.start_worker().await;
         }
         app
+    }
+
+    /// The master key this test's processes seal access key secrets with.
+    pub fn master(&self) -> msgcontact::secrets::MasterKey {
+        test_secrets(&self.prefix).master_key().unwrap()
     }
 
     pub fn policy(&self) -> PolicyConfig {
@@ -543,6 +587,14 @@ impl TestApp {
                 o.provider_timeout_ms.to_string(),
             ),
             ("MSGCONTACT_LOG_FORMAT", "json".into()),
+            (
+                "MSGCONTACT_MASTER_KEY",
+                test_secrets(&self.prefix).master_key.unwrap(),
+            ),
+            (
+                "MSGCONTACT_CODE_SECRET",
+                test_secrets(&self.prefix).code_secret.unwrap(),
+            ),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
@@ -569,6 +621,33 @@ impl TestApp {
             .expect("start the worker binary")
     }
 
+    /// Like [`Self::spawn_worker_process`], with everything it prints (at `debug`) in `log`.
+    pub fn spawn_worker_process_logged(
+        &self,
+        binary: &str,
+        extra: &[(&str, &str)],
+        log: &std::path::Path,
+    ) -> std::process::Child {
+        let out = std::fs::File::create(log).expect("create the log file");
+        std::process::Command::new(binary)
+            .envs(self.worker_env())
+            .envs(extra.iter().copied())
+            .env("RUST_LOG", "debug")
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("start the worker binary")
+    }
+
+    /// The environment giving a process this test's secrets.
+    pub fn secrets_env(&self) -> [(&'static str, String); 2] {
+        let s = test_secrets(&self.prefix);
+        [
+            ("MSGCONTACT_MASTER_KEY", s.master_key.unwrap()),
+            ("MSGCONTACT_CODE_SECRET", s.code_secret.unwrap()),
+        ]
+    }
+
     /// One more worker process (the same code and configuration), stopped with the first one.
     pub async fn start_extra_worker(&mut self) {
         let worker = self.build_worker().await;
@@ -593,6 +672,7 @@ impl TestApp {
                 log_provider_file: "unused".into(),
                 webhook_url: Some(format!("http://{}/sms", self.inbox_addr)),
                 webhook_secret: Some(self.webhook_secret.clone()),
+                webhook_allow_http: false,
                 aliyun_sms_endpoint: self.sms.addr.to_string(),
                 aliyun_sms_protocol: "http".into(),
                 aliyun_access_key_id: Some(fake_sms::ACCESS_KEY_ID.into()),
@@ -627,9 +707,11 @@ impl TestApp {
     }
 
     pub async fn new_key(&self, account: &str) -> Key {
-        let created = msgcontact_api::cli::create_key(&self.db, account, None, None)
-            .await
-            .unwrap();
+        let created =
+            msgcontact_api::cli::create_key(&self.db, &self.master(), account, None, None)
+                .await
+                .unwrap();
+        refresh_keys(&self.states).await;
         Key {
             id: created["AccessKeyId"].as_str().unwrap().into(),
             secret: created["AccessKeySecret"].as_str().unwrap().into(),
@@ -774,6 +856,56 @@ impl TestApp {
             .as_str()
             .unwrap()
             .to_owned()
+    }
+
+    /// The code the webhook inbox received for a send (waits up to 10 s).
+    pub async fn code_for(&self, request_id: &str) -> String {
+        for _ in 0..200 {
+            if let Some(m) = self.inbox.for_request(request_id).first() {
+                return m["code"].as_str().unwrap().to_owned();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("no SMS received for {request_id}");
+    }
+
+    /// Every row of every table, as text, one per line (`table:row`).
+    pub async fn all_rows(&self) -> String {
+        use sea_orm::{DbBackend, Statement};
+        let backend = self.db.get_database_backend();
+        let tables_sql = match backend {
+            DbBackend::Sqlite => {
+                "SELECT name AS t FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+            }
+            _ => "SELECT tablename::text AS t FROM pg_tables WHERE schemaname = 'public'",
+        };
+        let query = |sql: String| self.db.query_all_raw(Statement::from_string(backend, sql));
+        let mut out = String::new();
+        for row in query(tables_sql.to_owned()).await.unwrap() {
+            let table: String = row.try_get("", "t").unwrap();
+            let sql = match backend {
+                DbBackend::Sqlite => {
+                    // Every column cast to text and joined: the row as a reader of the file sees it.
+                    let cols = query(format!("SELECT name FROM pragma_table_info('{table}')"))
+                        .await
+                        .unwrap()
+                        .into_iter()
+                        .map(|c| {
+                            let n: String = c.try_get("", "name").unwrap();
+                            format!("COALESCE(CAST(\"{n}\" AS TEXT), '')")
+                        })
+                        .collect::<Vec<_>>()
+                        .join(" || '|' || ");
+                    format!("SELECT {cols} AS r FROM \"{table}\"")
+                }
+                _ => format!("SELECT t::text AS r FROM \"{table}\" t"),
+            };
+            for r in query(sql).await.unwrap() {
+                let text: String = r.try_get("", "r").unwrap();
+                out.push_str(&format!("{table}:{text}\n"));
+            }
+        }
+        out
     }
 
     /// Waits until the send request reaches `status` (or panics after `secs`).

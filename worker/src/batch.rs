@@ -391,8 +391,21 @@ async fn run(db: DatabaseConnection, mut rx: mpsc::Receiver<Item>) {
                     let _ = item.reply.send(Ok(took));
                 }
             }
+            // One bad row must not fail the others (their redeliveries could send again): each
+            // is written alone, and only the ones that still fail retry their own recording.
+            Err(e) if batch.len() > 1 => {
+                tracing::warn!(error = %e, size = batch.len(), "sent batch failed; writing its rows one by one");
+                for item in batch.drain(..) {
+                    let one = std::slice::from_ref(&item);
+                    let result = write(&db, one)
+                        .await
+                        .map(|updated| updated.contains(&item.request_id))
+                        .map_err(|e| e.to_string());
+                    let _ = item.reply.send(result);
+                }
+            }
             Err(e) => {
-                // Every job of the batch retries its own recording (with backoff).
+                // The job retries its own recording (with backoff).
                 let e = e.to_string();
                 for item in batch.drain(..) {
                     let _ = item.reply.send(Err(e.clone()));
@@ -432,6 +445,15 @@ async fn write(db: &DatabaseConnection, batch: &[Item]) -> Result<HashSet<String
         )
         .col_expr(send_request::Column::SentMs, Expr::value(now))
         .col_expr(send_request::Column::UpdatedMs, Expr::value(now))
+        // A Sent request answers no failure of an earlier attempt.
+        .col_expr(
+            send_request::Column::FailureCode,
+            Expr::value(Option::<String>::None),
+        )
+        .col_expr(
+            send_request::Column::FailureMessage,
+            Expr::value(Option::<String>::None),
+        )
         .filter(send_request::Column::RequestId.is_in(batch.iter().map(|i| i.request_id.as_str())))
         .filter(send_request::Column::Status.is_in(crate::LIVE_STATES))
         .exec_with_returning(db)
@@ -448,7 +470,8 @@ async fn write_pg(
     now: i64,
 ) -> Result<HashSet<String>, DbErr> {
     const SQL: &str = r#"
-UPDATE send_requests SET status = $1, provider_message_id = t.m, sent_ms = $2, updated_ms = $2
+UPDATE send_requests SET status = $1, provider_message_id = t.m, sent_ms = $2, updated_ms = $2,
+        failure_code = NULL, failure_message = NULL
     FROM unnest($3::text[], $4::text[]) AS t(r, m)
     WHERE send_requests.request_id = t.r AND send_requests.status = ANY($5::text[])
     RETURNING send_requests.request_id"#;

@@ -28,7 +28,6 @@ use lapin::{
     types::{AMQPValue, FieldTable, LongString},
 };
 use msgcontact::{
-    code::derive_code,
     config::{InfraConfig, PolicyConfig},
     domain::mask_phone,
     entities::{send_request, verification},
@@ -88,11 +87,16 @@ pub struct WorkerOptions {
     )]
     pub log_provider_file: PathBuf,
     /// URL the `webhook` provider posts to.
-    #[arg(long, env = "MSGCONTACT_WEBHOOK_URL")]
+    #[arg(long, env = "MSGCONTACT_WEBHOOK_URL", hide_env_values = true)]
     pub webhook_url: Option<String>,
-    /// HMAC key of the webhook's `X-Msgcontact-Signature` header.
+    /// Key of the webhook's Standard Webhooks signature (`whsec_<base64>`, or any other string
+    /// taken as its bytes).
     #[arg(long, env = "MSGCONTACT_WEBHOOK_SECRET", hide_env_values = true)]
     pub webhook_secret: Option<String>,
+    /// Allow `http://` webhook URLs to other hosts than this one (the code would cross the
+    /// network in clear).
+    #[arg(long, env = "MSGCONTACT_WEBHOOK_ALLOW_HTTP", default_value_t = false)]
+    pub webhook_allow_http: bool,
     /// Alibaba Cloud SMS endpoint, `host[:port]`.
     #[arg(
         long,
@@ -158,7 +162,7 @@ pub struct Config {
 struct Shared {
     db: DatabaseConnection,
     policy: PolicyConfig,
-    code_secret: Vec<u8>,
+    code_secrets: msgcontact::secrets::CodeSecrets,
     provider: Provider,
     limits: limits::Limits,
     reader: snapshot::Reader,
@@ -275,8 +279,37 @@ fn http_client(timeout_ms: u64) -> Result<reqwest::Client, Error> {
     reqwest::Client::builder()
         .timeout(Duration::from_millis(timeout_ms))
         .connect_timeout(Duration::from_secs(3))
+        // A redirect would re-send the code to wherever the answer points.
+        .redirect(reqwest::redirect::Policy::none())
         .build()
         .map_err(|e| Error::Config(e.to_string()))
+}
+
+/// The webhook URL, checked: `https`, or `http` to this machine only unless allowed.
+fn webhook_url(url: Option<&str>, allow_http: bool) -> Result<String, Error> {
+    let raw = url.ok_or_else(|| {
+        Error::Config("MSGCONTACT_WEBHOOK_URL is required for the webhook provider".into())
+    })?;
+    let parsed = reqwest::Url::parse(raw)
+        .map_err(|e| Error::Config(format!("MSGCONTACT_WEBHOOK_URL is not a URL: {e}")))?;
+    let loopback = match parsed.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d == "localhost",
+        None => false,
+    };
+    match parsed.scheme() {
+        "https" => Ok(raw.to_owned()),
+        "http" if loopback || allow_http => Ok(raw.to_owned()),
+        "http" => Err(Error::Config(
+            "MSGCONTACT_WEBHOOK_URL: http:// is only for this machine; use https:// or set \
+             MSGCONTACT_WEBHOOK_ALLOW_HTTP=true"
+                .into(),
+        )),
+        other => Err(Error::Config(format!(
+            "MSGCONTACT_WEBHOOK_URL: unsupported scheme {other:?}"
+        ))),
+    }
 }
 
 impl Application {
@@ -288,16 +321,26 @@ impl Application {
             },
             "webhook" => Provider::Webhook {
                 client: http_client(config.worker.provider_timeout_ms)?,
-                url: config.worker.webhook_url.clone().ok_or_else(|| {
-                    Error::Config(
-                        "MSGCONTACT_WEBHOOK_URL is required for the webhook provider".into(),
-                    )
-                })?,
-                secret: config.worker.webhook_secret.clone().ok_or_else(|| {
-                    Error::Config(
-                        "MSGCONTACT_WEBHOOK_SECRET is required for the webhook provider".into(),
-                    )
-                })?,
+                url: webhook_url(
+                    config.worker.webhook_url.as_deref(),
+                    config.worker.webhook_allow_http,
+                )?,
+                key: config
+                    .worker
+                    .webhook_secret
+                    .as_deref()
+                    .ok_or_else(|| {
+                        Error::Config(
+                            "MSGCONTACT_WEBHOOK_SECRET is required for the webhook provider".into(),
+                        )
+                    })
+                    .and_then(|s| {
+                        msgcontact::signing::webhook::key(s).ok_or_else(|| {
+                            Error::Config(
+                                "MSGCONTACT_WEBHOOK_SECRET: a whsec_ secret must be base64".into(),
+                            )
+                        })
+                    })?,
             },
             "aliyun" => {
                 let w = &config.worker;
@@ -360,8 +403,7 @@ impl Application {
         );
         let db =
             msgcontact::db::connect(&config.infra.database_url, config.infra.database_pool).await?;
-        let code_secret =
-            msgcontact::db::code_secret(&db, config.infra.code_secret.as_deref()).await?;
+        let code_secrets = msgcontact::db::code_secrets(&db, &config.infra.secrets).await?;
         let topology = config.infra.topology();
         let session =
             Session::open(&config.infra.amqp_url, &topology, config.worker.prefetch).await?;
@@ -373,7 +415,7 @@ impl Application {
             shared: Arc::new(Shared {
                 db,
                 policy: config.policy,
-                code_secret,
+                code_secrets,
                 provider,
                 limits,
                 reader,
@@ -1175,7 +1217,7 @@ async fn deliver(
     req: &send_request::Model,
     v: &CodeRef,
 ) -> Result<Disposition, DbErr> {
-    let code = derive_code(&shared.code_secret, &v.id);
+    let code = shared.code_secrets.derive(&v.id);
     let ttl_min = shared.policy.code_ttl_secs.div_ceil(60);
     let sms = Sms {
         request_id: req.request_id.clone(),

@@ -36,7 +36,7 @@ pub type OpResult = Result<Map<String, Value>, ApiError>;
 
 /// Runs the named operation; unknown names are `InvalidAction.NotFound`.
 pub async fn dispatch(
-    state: &AppState,
+    state: &std::sync::Arc<AppState>,
     action: &str,
     account: &AccountId,
     p: &Params,

@@ -2,7 +2,6 @@
 
 use msgcontact::{
     ApiError,
-    code::code_matches,
     domain::{AccountId, ContactId, PhoneNumber, RequestId, mask_phone},
     entities::{contact, daily_counter, send_request, verification},
     job::SendJob,
@@ -33,7 +32,7 @@ pub fn live_key(contact_id: &str, phone: &str) -> String {
 /// number, quota, cooldown) are decided by the writer inside the batch that takes the reservation,
 /// so they cost no round trip of their own and see exactly the rows they change.
 pub async fn send_phone(
-    state: &AppState,
+    state: &std::sync::Arc<AppState>,
     account: &AccountId,
     p: &Params,
     request_id: RequestId,
@@ -44,6 +43,35 @@ pub async fn send_phone(
         p.require("PhoneNumber")?,
         &state.policy.supported_country_codes,
     )?;
+    // From here the request runs to its end in a task of its own: a caller that hangs up, or the
+    // request deadline, drops this future, and a reservation whose publish never ran (or was never
+    // released) would hold quota and cooldown with no job behind it.
+    let task = tokio::spawn(reserve_and_publish(
+        state.clone(),
+        account.clone(),
+        id,
+        phone,
+        request_id,
+        nonce,
+    ));
+    task.await.map_err(|e| {
+        tracing::error!(error = %e, "send task failed");
+        ApiError::Internal
+    })?
+}
+
+/// Takes the reservation with the request row (the writer decides the checks that read rows), then
+/// publishes the job with a confirm; a failed publish gives the reservation back.
+async fn reserve_and_publish(
+    state: std::sync::Arc<AppState>,
+    account: AccountId,
+    id: ContactId,
+    phone: PhoneNumber,
+    request_id: RequestId,
+    nonce: Option<NonceKey>,
+) -> OpResult {
+    let state = &*state;
+    let account = &account;
     let phone_s = phone.to_string();
     // Backpressure right after the parameters are known good: while the queue is full (or the
     // broker away) the answer is a fast 503 that reads nothing, takes no quota and writes nothing
@@ -57,7 +85,6 @@ pub async fn send_phone(
             retry_after_ms: 1000,
         });
     };
-
     let now = now_ms();
     let day = utc_day(now);
     let cooldown_ms = state.policy.cooldown().as_millis() as i64;
@@ -93,7 +120,7 @@ pub async fn send_phone(
         .await
     {
         tracing::warn!(request_id = %rid, error = %e, "publish failed; releasing quota and cooldown");
-        release(state, account, &id, &rid, &day, now, &e.to_string()).await;
+        release(state, account, &id, &rid, &day, now).await;
         return Err(ApiError::ServiceUnavailable {
             retry_after_ms: 1000,
         });
@@ -111,7 +138,6 @@ async fn release(
     rid: &str,
     day: &str,
     sent_at: i64,
-    why: &str,
 ) {
     let result: Result<(), ApiError> = async {
         let txn = crate::write_txn(&state.db).await?;
@@ -124,7 +150,11 @@ async fn release(
                 send_request::Column::FailureCode,
                 Expr::value("PublishFailed"),
             )
-            .col_expr(send_request::Column::FailureMessage, Expr::value(why))
+            // A fixed text: the broker's error could name hosts and credentials of the broker URL.
+            .col_expr(
+                send_request::Column::FailureMessage,
+                Expr::value("The job could not be queued; quota and cooldown were given back."),
+            )
             .col_expr(send_request::Column::UpdatedMs, Expr::value(now_ms()))
             .filter(send_request::Column::RequestId.eq(rid))
             .filter(send_request::Column::Status.eq(SendStatus::Queued.as_str()))
@@ -174,59 +204,76 @@ pub async fn check_phone(state: &AppState, account: &AccountId, p: &Params) -> O
     }
     let phone_s = phone.to_string();
     find_contact(&state.db, account, &id).await?;
-    let v = verification::Entity::find()
-        .filter(verification::Column::LiveKey.eq(live_key(id.as_str(), &phone_s)))
-        .one(&state.db)
+    let key = live_key(id.as_str(), &phone_s);
+    let max = state.policy.code_max_attempts as i32;
+    let now = now_ms();
+    // The attempt is taken before the guess is compared, in one conditional statement: however
+    // many guesses arrive together, at most `max` of them get a slot, and the one taking the last
+    // slot locks the code in the same statement (dead for the worker too: the next send issues a
+    // new code). A guess that finds no slot is never compared.
+    let taken = verification::Entity::update_many()
+        .col_expr(
+            verification::Column::FailedAttempts,
+            Expr::col(verification::Column::FailedAttempts).add(1),
+        )
+        .col_expr(
+            verification::Column::Status,
+            Expr::case(
+                Expr::col(verification::Column::FailedAttempts)
+                    .add(1)
+                    .gte(max),
+                vstatus::LOCKED,
+            )
+            .finally(Expr::col(verification::Column::Status))
+            .into(),
+        )
+        .filter(verification::Column::LiveKey.eq(key.as_str()))
+        .filter(verification::Column::Status.eq(vstatus::PENDING))
+        .filter(verification::Column::FailedAttempts.lt(max))
+        .filter(verification::Column::ExpiresMs.gt(now))
+        .exec_with_returning(&state.db)
         .await
         .map_err(db_unavailable)?
-        .ok_or(ApiError::VerificationNotFound)?;
-    let max = state.policy.code_max_attempts as i32;
-    if v.status == vstatus::LOCKED || v.failed_attempts >= max {
-        return Err(ApiError::VerificationCodeAttemptsExceeded);
-    }
-    if now_ms() > v.expires_ms {
-        return Err(ApiError::VerificationCodeExpired);
-    }
-    if !code_matches(&state.code_secret, &v.verification_id, code) {
-        // Count the miss atomically so parallel guesses cannot exceed the limit.
-        let counted = verification::Entity::update_many()
-            .col_expr(
-                verification::Column::FailedAttempts,
-                Expr::col(verification::Column::FailedAttempts).add(1),
-            )
-            .filter(verification::Column::VerificationId.eq(v.verification_id.as_str()))
-            .filter(verification::Column::Status.eq(vstatus::PENDING))
-            .filter(verification::Column::FailedAttempts.lt(max))
-            .exec(&state.db)
+        .pop();
+    let Some(v) = taken else {
+        // No slot: say why, from a read that compares nothing.
+        let v = verification::Entity::find()
+            .filter(verification::Column::LiveKey.eq(key.as_str()))
+            .one(&state.db)
             .await
-            .map_err(db_unavailable)?;
-        if counted.rows_affected == 0 {
-            return Err(ApiError::VerificationCodeAttemptsExceeded);
-        }
-        let used = v.failed_attempts + 1;
-        if used >= max {
-            verification::Entity::update_many()
-                .col_expr(verification::Column::Status, Expr::value(vstatus::LOCKED))
-                .filter(verification::Column::VerificationId.eq(v.verification_id.as_str()))
-                .filter(verification::Column::Status.eq(vstatus::PENDING))
-                .exec(&state.db)
-                .await
-                .map_err(db_unavailable)?;
-        }
+            .map_err(db_unavailable)?
+            .ok_or(ApiError::VerificationNotFound)?;
+        return Err(if v.status == vstatus::LOCKED || v.failed_attempts >= max {
+            ApiError::VerificationCodeAttemptsExceeded
+        } else if v.expires_ms <= now {
+            ApiError::VerificationCodeExpired
+        } else {
+            ApiError::VerificationNotFound
+        });
+    };
+    if !state.code_secrets.matches(&v.verification_id, code) {
         return Err(ApiError::InvalidVerificationCode {
-            attempts_left: Ord::max(max - used, 0) as u32,
+            attempts_left: Ord::max(max - v.failed_attempts, 0) as u32,
         });
     }
     let txn = crate::write_txn(&state.db).await?;
-    // Single use: only one check can move the code out of Pending.
+    // Single use: only one check can verify the code, and only while it is still the live code and
+    // unexpired. A right guess verifies even if its slot was the last (which locked the code): it
+    // was compared within the budget. The attempt it took is given back.
     let used = verification::Entity::update_many()
         .col_expr(verification::Column::Status, Expr::value(vstatus::VERIFIED))
         .col_expr(
             verification::Column::LiveKey,
             Expr::value(Option::<String>::None),
         )
+        .col_expr(
+            verification::Column::FailedAttempts,
+            Expr::col(verification::Column::FailedAttempts).sub(1),
+        )
         .filter(verification::Column::VerificationId.eq(v.verification_id.as_str()))
-        .filter(verification::Column::Status.eq(vstatus::PENDING))
+        .filter(verification::Column::LiveKey.eq(key.as_str()))
+        .filter(verification::Column::ExpiresMs.gt(now_ms()))
+        .filter(verification::Column::Status.is_in([vstatus::PENDING, vstatus::LOCKED]))
         .exec(&txn)
         .await
         .map_err(db_unavailable)?;
