@@ -21,7 +21,13 @@ on_both_backends! {
 
 /// Whether `code` appears in `text` as a number of its own (not inside a longer run of digits, such
 /// as a timestamp, where any six digits turn up by chance).
+/// Percent-encoded text (a URL's query: `%22123456%22`) is read decoded as well.
 fn reveals(text: &str, code: &str) -> bool {
+    let decoded = percent_encoding::percent_decode_str(text).decode_utf8_lossy();
+    stands_alone(text, code) || stands_alone(&decoded, code)
+}
+
+fn stands_alone(text: &str, code: &str) -> bool {
     text.match_indices(code).any(|(at, _)| {
         let before = text[..at].chars().next_back();
         let after = text[at + code.len()..].chars().next();
@@ -213,4 +219,8 @@ fn reveals_finds_a_code_only_as_a_number_of_its_own() {
     assert!(reveals("123456", "123456"));
     assert!(!reveals("1796000123456", "123456"));
     assert!(!reveals("1234567", "123456"));
+    assert!(reveals(
+        "TemplateParam=%7B%22code%22%3A%22123456%22%7D",
+        "123456"
+    ));
 }
