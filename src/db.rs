@@ -4,11 +4,22 @@ use std::time::Duration;
 
 use migration::{Migrator, MigratorTrait};
 use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, EntityTrait,
-    QueryResult, Statement, StatementBuilder,
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
+    DbErr, EntityTrait, QueryResult, SqliteTransactionMode, Statement, StatementBuilder,
+    TransactionOptions, TransactionTrait,
 };
 
 use crate::{Error, entities::setting};
+
+/// Starts a write transaction. On SQLite it takes the write lock up front (`BEGIN IMMEDIATE`), so a
+/// transaction that reads before it writes waits for its turn instead of failing with BUSY.
+pub async fn write_txn(db: &DatabaseConnection) -> Result<DatabaseTransaction, DbErr> {
+    db.begin_with_options(TransactionOptions {
+        sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+        ..Default::default()
+    })
+    .await
+}
 
 /// Connects, creating the SQLite file's directory if needed, and applies pending migrations.
 pub async fn connect(url: &str, pool: u32) -> Result<DatabaseConnection, Error> {

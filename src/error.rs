@@ -175,6 +175,17 @@ impl ApiError {
     }
 }
 
+/// A database failure on the request path: logged here (its text may name tables and values, so it
+/// never reaches the caller), answered 503 so the caller retries.
+impl From<sea_orm::DbErr> for ApiError {
+    fn from(e: sea_orm::DbErr) -> Self {
+        tracing::error!(error = %e, "database error");
+        ApiError::ServiceUnavailable {
+            retry_after_ms: 1000,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

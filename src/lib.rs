@@ -12,12 +12,14 @@ pub mod entities;
 pub mod error;
 pub mod job;
 pub mod metrics;
+pub mod monitor;
 pub mod secrets;
 pub mod signal;
 pub mod signing;
 pub mod status;
 pub mod telemetry;
 pub mod time;
+pub mod tls;
 
 pub use error::ApiError;
 

@@ -22,7 +22,7 @@ impl SendStatus {
         SendStatus::Superseded,
     ];
 
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             SendStatus::Queued => "Queued",
             SendStatus::Sending => "Sending",
@@ -32,6 +32,13 @@ impl SendStatus {
             SendStatus::Superseded => "Superseded",
         }
     }
+
+    /// The states a request can still leave, as stored: its outcome is not recorded yet.
+    pub const LIVE_NAMES: [&'static str; 3] = [
+        SendStatus::Queued.as_str(),
+        SendStatus::Sending.as_str(),
+        SendStatus::Retrying.as_str(),
+    ];
 
     pub fn parse(s: &str) -> Option<Self> {
         Some(match s {

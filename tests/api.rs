@@ -1,8 +1,7 @@
 //! The API end to end, on SQLite and PostgreSQL, against real RabbitMQ: every operation, every
 //! seed error code, authentication, bad input, tenancy and the exact daily quota.
 
-#[macro_use]
-mod common;
+use msgcontact_tests::{self as common, on_both_backends};
 
 use std::time::Duration;
 
@@ -366,9 +365,9 @@ async fn seed_error_codes(backend: Backend) {
         "This contact verification does not exist."
     );
     // Daily limit.
-    msgcontact_api::cli::account(
+    msgcontact_api::admin_cli::account(
         &app.db,
-        msgcontact_api::cli::AccountCommand::SetDailyLimit {
+        msgcontact_api::admin_cli::AccountCommand::SetDailyLimit {
             account_id: app.key.account.clone(),
             limit: 1,
         },
@@ -760,10 +759,10 @@ async fn authentication_errors(backend: Backend) {
     .assert_ok();
 
     // A disabled key.
-    msgcontact_api::cli::access_key(
+    msgcontact_api::admin_cli::access_key(
         &app.db,
         &app.master(),
-        msgcontact_api::cli::AccessKeyCommand::Disable {
+        msgcontact_api::admin_cli::AccessKeyCommand::Disable {
             access_key_id: app.key.id.clone(),
         },
     )

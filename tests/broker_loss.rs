@@ -3,7 +3,7 @@
 //! ridden out (not ready, 503 with retry-after, then a fresh session and delivery again); a loss
 //! past `MSGCONTACT_BROKER_RECOVERY_TIMEOUT_SECS` stops the process with an error.
 
-mod common;
+use msgcontact_tests as common;
 
 use std::time::Duration;
 
@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 const PHONE: &str = "86-13912341234";
 
 async fn ready(addr: std::net::SocketAddr) -> u16 {
-    match reqwest::get(format!("http://{addr}/readyz")).await {
+    match common::http_get(format!("http://{addr}/readyz")).await {
         Ok(r) => r.status().as_u16(),
         Err(_) => 0,
     }

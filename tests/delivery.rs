@@ -3,8 +3,7 @@
 //! hangs and resets (ambiguous outcomes), superseding, backpressure and worker restarts. After each
 //! scenario the SPEC's invariants are checked against the database, the provider log and the queues.
 
-#[macro_use]
-mod common;
+use msgcontact_tests::{self as common, on_both_backends};
 
 use std::time::Duration;
 
@@ -453,7 +452,7 @@ async fn dead_letters_can_be_listed_and_replayed(backend: Backend) {
     m.delivery.ack(BasicAckOptions::default()).await.unwrap();
     let topology = app.topology();
 
-    let listed = msgcontact_worker::admin::dlq_list(&conn, &topology, 10)
+    let listed = msgcontact_worker::dlq::list(&conn, &topology, 10)
         .await
         .unwrap();
     assert_eq!(listed.len(), 1);
@@ -467,7 +466,7 @@ async fn dead_letters_can_be_listed_and_replayed(backend: Backend) {
         1,
         "listing leaves dead letters in place"
     );
-    let dry = msgcontact_worker::admin::dlq_replay(&conn, &topology, 10, true)
+    let dry = msgcontact_worker::dlq::replay(&conn, &topology, 10, true)
         .await
         .unwrap();
     assert_eq!(
@@ -478,7 +477,7 @@ async fn dead_letters_can_be_listed_and_replayed(backend: Backend) {
         ),
         (1, 1, 0)
     );
-    let moved = msgcontact_worker::admin::dlq_replay(&conn, &topology, 10, false)
+    let moved = msgcontact_worker::dlq::replay(&conn, &topology, 10, false)
         .await
         .unwrap();
     assert_eq!(
@@ -489,10 +488,9 @@ async fn dead_letters_can_be_listed_and_replayed(backend: Backend) {
         ),
         (1, 0, 1)
     );
-    let report =
-        msgcontact_worker::admin::report(&conn, &app.db, &topology, &mut Default::default())
-            .await
-            .unwrap();
+    let report = msgcontact::monitor::report(&conn, &app.db, &topology, &mut Default::default())
+        .await
+        .unwrap();
     assert_eq!(report.queues[0].ready, Some(1));
     assert_eq!(
         report
@@ -504,7 +502,7 @@ async fn dead_letters_can_be_listed_and_replayed(backend: Backend) {
         1
     );
     assert!(report.oldest_queued_age_seconds.is_some());
-    assert!(msgcontact_worker::admin::render_table(&report).contains(&app.work_queue()));
+    assert!(msgcontact::monitor::render_table(&report).contains(&app.work_queue()));
     let _ = conn.close(200, "bye".into()).await;
     app.start_worker().await;
     app.wait_status(&rid, "Sent", 10).await;

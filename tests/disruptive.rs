@@ -10,8 +10,7 @@
 //! one SMS each (two after an ambiguous attempt), the quota equal to what was accepted (a 503 gave
 //! its reservation back), and a fresh send works end to end.
 
-#[macro_use]
-mod common;
+use msgcontact_tests as common;
 
 use std::{
     process::Command,

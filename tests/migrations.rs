@@ -1,7 +1,7 @@
 //! Opening the database: two processes starting at once against a fresh database both migrate it
 //! successfully, and the API's single writer leaves SQLite's checkpoints to the checkpoint task.
 
-mod common;
+use msgcontact_tests as common;
 
 use sea_orm::{ConnectionTrait, Database};
 
@@ -16,7 +16,7 @@ async fn migrate_concurrently(url: &str) {
     c.expect("third migrator");
     // The schema is complete and usable.
     let master = msgcontact::secrets::MasterKey::random();
-    msgcontact_api::cli::create_key(&db, &master, "1234567890123456", None, None)
+    msgcontact_api::admin_cli::create_key(&db, &master, "1234567890123456", None, None)
         .await
         .unwrap();
 }

@@ -1,17 +1,17 @@
 //! What operators see: Prometheus metrics on the API and the worker, queue depth gauges that follow
 //! the broker, and health endpoints.
 
-mod common;
+use msgcontact_tests as common;
 
 use std::time::Duration;
 
 use common::{Backend, Options, TestApp};
 use msgcontact::entities::send_request;
-use msgcontact_worker::census::Census;
+use msgcontact::monitor::Census;
 use sea_orm::{EntityTrait, Set};
 
 async fn get(url: &str) -> (u16, String) {
-    let r = reqwest::get(url).await.unwrap();
+    let r = common::http_get(url).await.unwrap();
     (r.status().as_u16(), r.text().await.unwrap())
 }
 
@@ -294,7 +294,7 @@ async fn depth_gauge_follows_rabbitmqctl_during_a_throttled_burst() {
     // views are snapshots up to one interval old with their own phase: every gauge reading lies
     // within what rabbitmqctl reported one interval either side of it (plus the 1.5 s a sample
     // takes); the drain moves 5 messages a second, so allow that.
-    let window = msgcontact_worker::admin::POLL_INTERVAL.as_secs_f64() + 1.5;
+    let window = msgcontact::monitor::POLL_INTERVAL.as_secs_f64() + 1.5;
     for &(t, g) in &gauge {
         let seen: Vec<u64> = broker
             .iter()

@@ -3,7 +3,7 @@
 //! the drain a screenshot of the whole burst, up and back down, is saved to `target/tmp/ops-page.png`.
 //! Fails, never skips, when Chromium is missing.
 
-mod common;
+use msgcontact_tests as common;
 
 use std::time::Duration;
 
@@ -61,7 +61,7 @@ fn text_of(dom: &str, marker: &str) -> String {
 }
 
 async fn ops_data(base: &str) -> serde_json::Value {
-    reqwest::get(format!("{base}/ops/data"))
+    common::http_get(format!("{base}/ops/data"))
         .await
         .unwrap()
         .json()

@@ -6,7 +6,7 @@ use msgcontact::{
     domain::{EmailAddress, PhoneNumber, SupportedCountries},
     signing::{self, Acs3Authorization, Acs3Request, OutboundCall},
 };
-use msgcontact_api::params::Params;
+use msgcontact_api::http::params::Params;
 use proptest::{collection::vec, prelude::*, sample::Index};
 
 /// Every property runs 10,000 cases; a failing seed is printed by proptest rather than written

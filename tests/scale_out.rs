@@ -2,8 +2,7 @@
 //! quota and the cooldown stay exact under the grouped writes, nothing is delivered twice, and the
 //! provider's total rate is split between the workers.
 
-#[macro_use]
-mod common;
+use msgcontact_tests as common;
 
 use std::{collections::HashMap, time::Duration};
 

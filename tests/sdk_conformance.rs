@@ -2,7 +2,7 @@
 //! error code, both signature schemes. Needs the SDK in a virtualenv (`.venv/`, or the interpreter
 //! named by `MSGCONTACT_TEST_PYTHON`); fails, never skips, when it is missing.
 
-mod common;
+use msgcontact_tests as common;
 
 use common::{Backend, Options, TestApp};
 
@@ -10,7 +10,7 @@ fn python() -> String {
     if let Ok(p) = std::env::var("MSGCONTACT_TEST_PYTHON") {
         return p;
     }
-    let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python");
+    let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/../.venv/bin/python");
     assert!(
         std::path::Path::new(venv).exists(),
         "the SDK conformance test needs a virtualenv with the official SDK: \
@@ -30,9 +30,9 @@ async fn conformance(backend: Backend) {
     )
     .await;
     let limited = app.new_key("2000000000000002").await;
-    msgcontact_api::cli::account(
+    msgcontact_api::admin_cli::account(
         &app.db,
-        msgcontact_api::cli::AccountCommand::SetDailyLimit {
+        msgcontact_api::admin_cli::AccountCommand::SetDailyLimit {
             account_id: limited.account.clone(),
             limit: 1,
         },
@@ -45,7 +45,7 @@ async fn conformance(backend: Backend) {
         "ak_limited": limited.id, "secret_limited": limited.secret,
         "inbox": format!("http://{}/received", app.inbox_addr),
     });
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/conformance.py");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/sdk/conformance.py");
     let out = tokio::process::Command::new(python())
         .arg(script)
         .arg(env.to_string())

@@ -4,8 +4,7 @@
 //! database for secrets, a provider redirecting the code elsewhere, tenants reading the
 //! operators' pages. (Provider failures echoing the code: `worker/tests/code_leaks.rs`.)
 
-#[macro_use]
-mod common;
+use msgcontact_tests::{self as common, on_both_backends};
 
 use std::{
     io::{Read, Write},
@@ -366,7 +365,7 @@ async fn unknown_access_keys_cost_no_database_reads(backend: Backend) {
         .assert_error(400, "InvalidTimeStamp.Expired");
     // A key created with the CLI (no refresh asked for) works within the refresh period.
     let created =
-        msgcontact_api::cli::create_key(&app.db, &app.master(), &app.key.account, None, None)
+        msgcontact_api::admin_cli::create_key(&app.db, &app.master(), &app.key.account, None, None)
             .await
             .unwrap();
     let fresh = Key {
@@ -547,7 +546,7 @@ async fn operators_pages_move_to_the_admin_address(backend: Backend) {
     )
     .await;
     let admin = *app.admin_addrs.first().expect("admin address");
-    let http = reqwest::Client::new();
+    let http = common::http_client();
     for path in ["/metrics", "/ops", "/ops/data"] {
         let public = http
             .get(format!("http://{}{path}", app.api_addrs[0]))

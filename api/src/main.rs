@@ -2,8 +2,8 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use msgcontact_api::{Application, Config, cli};
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use msgcontact_api::{Application, Config, admin_cli as cli};
+use tokio_util::sync::CancellationToken;
 
 /// mimalloc: the request path allocates small, short-lived buffers at a high rate, where glibc
 /// malloc showed up as a tenth of the request threads' CPU.
@@ -19,11 +19,6 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Cli {
     #[command(flatten)]
     config: Config,
-    /// Also run a worker in this process (small deployments and development).
-    #[arg(long, env = "MSGCONTACT_WITH_WORKER")]
-    with_worker: bool,
-    #[command(flatten)]
-    worker: msgcontact_worker::WorkerOptions,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -67,50 +62,16 @@ async fn main() -> anyhow::Result<()> {
 
 async fn serve(args: Cli) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
-    let tracker = TaskTracker::new();
-    // A failed in-process worker stops the API too, and the process exits non-zero.
-    let worker_failed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let api = Application::build(args.config.clone())
+    let api = Application::build(args.config)
         .await
         .context("starting the API")?;
-    if args.with_worker {
-        if let Some(key) = cli::ensure_dev_key(&api.state().db, &api.state().master).await? {
-            println!(
-                "Development access key (created because the database had none):\n{}",
-                serde_json::to_string_pretty(&key)?
-            );
-        }
-        let worker = msgcontact_worker::Application::build(msgcontact_worker::Config {
-            infra: args.config.infra.clone(),
-            policy: args.config.policy.clone(),
-            worker: args.worker.clone(),
-        })
-        .await
-        .context("starting the worker")?;
-        let (stop, failed) = (shutdown.clone(), worker_failed.clone());
-        tracker.spawn(async move {
-            if let Err(e) = worker.run_until_stopped(stop.clone()).await {
-                tracing::error!(error = %e, "worker failed");
-                failed.store(true, std::sync::atomic::Ordering::Relaxed);
-                stop.cancel();
-            }
-        });
-    }
     let stop = shutdown.clone();
-    tracker.spawn(async move {
+    tokio::spawn(async move {
         tokio::select! {
             _ = msgcontact::signal::shutdown() => stop.cancel(),
             _ = stop.cancelled() => {}
         }
     });
-    let result = api.run_until_stopped(shutdown.clone()).await;
-    shutdown.cancel();
-    tracker.close();
-    tracker.wait().await;
-    result?;
-    anyhow::ensure!(
-        !worker_failed.load(std::sync::atomic::Ordering::Relaxed),
-        "the in-process worker failed"
-    );
+    api.run_until_stopped(shutdown).await?;
     Ok(())
 }

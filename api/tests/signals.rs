@@ -1,8 +1,7 @@
 //! The API binary stops gracefully on SIGTERM: it stops accepting, answers what it holds, closes
 //! its broker session and exits 0; what it accepted stays in the queue.
 
-#[path = "../../tests/common/mod.rs"]
-mod common;
+use msgcontact_tests as common;
 
 use std::time::Duration;
 
@@ -36,7 +35,7 @@ async fn sigterm_stops_the_api_binary_with_exit_0() {
         .expect("start the API binary");
     let mut ready = false;
     for _ in 0..200 {
-        if let Ok(r) = reqwest::get(format!("http://{listen}/readyz")).await
+        if let Ok(r) = common::http_get(format!("http://{listen}/readyz")).await
             && r.status() == 200
         {
             ready = true;

@@ -20,8 +20,9 @@ use sea_orm::{ConnectionTrait, Database};
 use tokio::process::{Child, Command};
 
 use crate::{
+    fake_provider::{Drain, FakeProvider},
     leftovers::{self, Leftover, Mark},
-    stack::{Drain, FakeProvider, terminate},
+    procstat::terminate,
 };
 
 #[derive(clap::Args)]
@@ -237,11 +238,10 @@ pub async fn run_pipeline(a: PipelineArgs) -> anyhow::Result<()> {
 /// Fills a quorum queue with `n` jobs, starts baseline (b) and times its drain, from its start
 /// until the provider has every SMS.
 pub async fn pipeline_drain(
-    c: &crate::Common,
+    (amqp_url, db, pg_url, prefetch): (&str, crate::stack::Db, &str, u16),
     provider: &FakeProvider,
     n: usize,
 ) -> anyhow::Result<Drain> {
-    let (amqp_url, db, pg_url) = (c.amqp_url.as_str(), c.db, c.pg_url.as_str());
     // The same database setup as ours: a fresh SQLite file (WAL) or a fresh PostgreSQL database.
     let stack = crate::stack::Stack::new(db, amqp_url, pg_url, 0, 1_000_000).await?;
     stack
@@ -278,7 +278,7 @@ pub async fn pipeline_drain(
         .arg("baseline-pipeline")
         .args(["--amqp-url", amqp_url, "--queue", &queue])
         .args(["--db-url", &stack.db_url, "--provider-url", &provider.url])
-        .args(["--prefetch", &c.prefetch.to_string()])
+        .args(["--prefetch", &prefetch.to_string()])
         .kill_on_drop(true)
         .spawn()?;
     let done = provider.wait_for(n, Duration::from_secs(600)).await;

@@ -33,7 +33,7 @@ impl std::fmt::Display for DiskSyncs {
         write!(
             f,
             "disk: worst fsync {} ms, {} of {} over {} ms",
-            crate::ms(self.worst),
+            crate::report::ms(self.worst),
             self.stalls,
             self.syncs,
             STALL.as_millis()

@@ -182,9 +182,9 @@ impl Stats {
     pub fn percentiles(&self) -> String {
         format!(
             "{}/{}/{}",
-            crate::ms(self.p(0.5)),
-            crate::ms(self.p(0.99)),
-            crate::ms(self.p(0.999))
+            crate::report::ms(self.p(0.5)),
+            crate::report::ms(self.p(0.99)),
+            crate::report::ms(self.p(0.999))
         )
     }
 }

@@ -3,7 +3,8 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use msgcontact_worker::{Application, Config, admin};
+use msgcontact::monitor;
+use msgcontact_worker::{Application, Config, dlq};
 use tokio_util::sync::CancellationToken;
 
 /// mimalloc: every job allocates many small, short-lived buffers; glibc malloc was a tenth of the
@@ -74,36 +75,36 @@ async fn main() -> anyhow::Result<()> {
                     let db = msgcontact::db::connect(&infra.database_url, 2)
                         .await
                         .context("database")?;
-                    let mut census = msgcontact_worker::census::Census::default();
+                    let mut census = monitor::Census::default();
                     // Listening from the start: a Ctrl-C or SIGTERM while a report is being read
                     // ends the watch at the next pause instead of being lost.
                     let stop = msgcontact::signal::shutdown();
                     tokio::pin!(stop);
                     loop {
-                        let r = admin::report(&conn, &db, &topology, &mut census).await?;
+                        let r = monitor::report(&conn, &db, &topology, &mut census).await?;
                         if json {
                             println!("{}", serde_json::to_string(&r)?);
                         } else {
                             if watch {
                                 print!("\x1b[2J\x1b[H");
                             }
-                            print!("{}", admin::render_table(&r));
+                            print!("{}", monitor::render_table(&r));
                         }
                         if !watch {
                             break;
                         }
                         tokio::select! {
                             _ = &mut stop => break,
-                            _ = tokio::time::sleep(admin::WATCH_INTERVAL) => {}
+                            _ = tokio::time::sleep(monitor::WATCH_INTERVAL) => {}
                         }
                     }
                 }
                 Command::Dlq(DlqCommand::List { limit }) => {
-                    let list = admin::dlq_list(&conn, &topology, limit).await?;
+                    let list = dlq::list(&conn, &topology, limit).await?;
                     println!("{}", serde_json::to_string_pretty(&list)?);
                 }
                 Command::Dlq(DlqCommand::Replay { limit, dry_run }) => {
-                    let moved = admin::dlq_replay(&conn, &topology, limit, dry_run).await?;
+                    let moved = dlq::replay(&conn, &topology, limit, dry_run).await?;
                     println!(
                         "{}",
                         serde_json::to_string_pretty(

@@ -5,9 +5,7 @@
 //! database row, the worker's log (at debug), both processes' metrics, the queues and dead letters.
 //! The worker is this crate's binary, so its log is the real one.
 
-#[macro_use]
-#[path = "../../tests/common/mod.rs"]
-mod common;
+use msgcontact_tests::{self as common, on_both_backends};
 
 use std::time::Duration;
 
@@ -150,14 +148,14 @@ async fn provider_failures_never_reveal_the_code(backend: Backend) {
     let list = app.call("ListMessageContacts", &[("PageSize", "50")]).await;
     places.push(("contact list".into(), list.body.to_string()));
     places.push(("database".into(), app.all_rows().await));
-    let api_metrics = reqwest::get(format!("http://{}/metrics", app.api_addrs[0]))
+    let api_metrics = common::http_get(format!("http://{}/metrics", app.api_addrs[0]))
         .await
         .unwrap()
         .text()
         .await
         .unwrap();
     places.push(("API metrics".into(), api_metrics));
-    let worker_metrics = reqwest::get(format!("http://{metrics_addr}/metrics"))
+    let worker_metrics = common::http_get(format!("http://{metrics_addr}/metrics"))
         .await
         .unwrap()
         .text()

@@ -11,9 +11,7 @@
 //! Both end with the SPEC §7 invariant check. They restart or load the shared services, so they
 //! run alone.
 
-#[macro_use]
-#[path = "../../tests/common/mod.rs"]
-mod common;
+use msgcontact_tests as common;
 
 use std::{
     process::Child,

@@ -2,9 +2,7 @@
 //! between the provider accepting an SMS and the outcome's commit. The API runs in-process (the
 //! shared harness); the worker is this crate's binary, killed with SIGKILL and started again.
 
-#[macro_use]
-#[path = "../../tests/common/mod.rs"]
-mod common;
+use msgcontact_tests::{self as common, on_both_backends};
 
 use std::{process::Child, time::Duration};
 
@@ -150,7 +148,7 @@ async fn the_worker_binary_rides_out_a_broker_loss_and_exits_non_zero_past_the_d
         ],
     );
     let ready = || async move {
-        match reqwest::get(format!("http://{listen}/readyz")).await {
+        match common::http_get(format!("http://{listen}/readyz")).await {
             Ok(r) => r.status().as_u16(),
             Err(_) => 0,
         }
