@@ -14,6 +14,8 @@ use lapin::{Connection, ConnectionProperties, uri::AMQPUri};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::retry;
+
 /// A broker that accepts TCP but never finishes the handshake must not hang startup.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -54,9 +56,8 @@ pub enum ReconnectError {
     Stopped,
 }
 
-/// Builds a session with `open` (connect, declare, open channels), retrying with exponential
-/// backoff (0.2 s doubling up to 5 s, so a restarted broker is picked up within seconds) until it
-/// succeeds, `deadline` passes, or `stop` fires.
+/// Builds a session with `open` (connect, declare, open channels), retrying on the
+/// [`retry::BROKER`] schedule until it succeeds, `deadline` passes, or `stop` fires.
 pub async fn reconnect<T, F, Fut>(
     what: &str,
     deadline: Instant,
@@ -67,7 +68,7 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, lapin::Error>>,
 {
-    let mut backoff = Duration::from_millis(200);
+    let mut waits = retry::BROKER.delays();
     let mut tries = 0u32;
     loop {
         tries += 1;
@@ -75,6 +76,7 @@ where
             _ = stop.cancelled() => return Err(ReconnectError::Stopped),
             r = open() => r,
         };
+        let backoff = waits.next().unwrap_or(retry::BROKER.max);
         match result {
             Ok(session) => {
                 tracing::info!(%what, tries, "broker session established");
@@ -92,6 +94,5 @@ where
             _ = stop.cancelled() => return Err(ReconnectError::Stopped),
             _ = tokio::time::sleep(backoff) => {}
         }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }

@@ -13,6 +13,7 @@ pub mod error;
 pub mod job;
 pub mod metrics;
 pub mod monitor;
+pub mod retry;
 pub mod secrets;
 pub mod signal;
 pub mod signing;

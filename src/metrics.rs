@@ -37,6 +37,16 @@ pub const RATE_LIMIT_WAIT: &str = "msgcontact_rate_limit_wait_seconds";
 pub const OLDEST_QUEUED_AGE: &str = "msgcontact_oldest_queued_request_age_seconds";
 pub const REQUESTS_BY_STATUS: &str = "msgcontact_send_requests";
 pub const SEND_RATE: &str = "msgcontact_send_rate_per_second";
+/// Sends refused at accept because the work queue was full.
+pub const SENDS_SHED: &str = "msgcontact_sends_shed_total";
+/// Jobs parked in a retry queue by the worker's rate limits (not a provider failure).
+pub const RATE_LIMIT_DEFERRALS: &str = "msgcontact_rate_limit_deferrals_total";
+/// Failed requests, by failure code.
+pub const JOBS_FAILED: &str = "msgcontact_jobs_failed_total";
+/// The worker's adaptive provider rate factor (1 = the configured rate).
+pub const PROVIDER_RATE_FACTOR: &str = "msgcontact_provider_rate_factor";
+/// Phone numbers the per-phone burst guard currently tracks.
+pub const PHONE_LIMITER_KEYS: &str = "msgcontact_phone_limiter_keys";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 

@@ -60,6 +60,19 @@ impl SendStatus {
     }
 }
 
+impl std::str::FromStr for SendStatus {
+    type Err = UnknownStatus;
+
+    fn from_str(s: &str) -> Result<Self, UnknownStatus> {
+        SendStatus::parse(s).ok_or_else(|| UnknownStatus(s.to_owned()))
+    }
+}
+
+/// A stored status no state of this version has.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown status {0:?}")]
+pub struct UnknownStatus(pub String);
+
 /// Verification record states.
 pub mod verification {
     /// A code that may still be checked (until it expires).

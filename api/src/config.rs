@@ -23,12 +23,10 @@ pub struct ApiOptions {
         default_value_t = 5000
     )]
     pub publish_confirm_timeout_ms: u64,
-    /// Confirm-mode channels publishes rotate over. One by default: its confirms already
-    /// pipeline (each publish waits on its own delivery tag), and the broker confirms a run of
-    /// them in one `basic.ack` with `multiple` set, where every extra channel is another channel
-    /// process and another stream of acks. At c=32 on PostgreSQL, 4 channels cost the broker
-    /// 83-91 µs of CPU per send and 1 channel 71-72 µs, with the publish to confirm 0.1-0.3 ms
-    /// shorter (two runs each, alternated).
+    /// Confirm-mode channels publishes rotate over.
+    // One by default: its confirms already pipeline, and the broker confirms a run of them in one
+    // `basic.ack`; every extra channel is another broker process and stream of acks
+    // (docs/benchmark.md has the measurement).
     #[arg(long, env = "MSGCONTACT_PUBLISH_CHANNELS", default_value_t = 1)]
     pub publish_channels: usize,
     /// Most requests whose writes share one transaction (group commit).

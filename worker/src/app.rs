@@ -14,7 +14,7 @@ use crate::{
     limits,
     options::Config,
     provider::Provider,
-    store::{batch, snapshot},
+    store::{claims, sent, snapshot},
 };
 
 pub struct Application {
@@ -55,8 +55,8 @@ impl Application {
             Session::open(&config.infra.amqp_url, &topology, config.worker.prefetch).await?;
         let listener = tokio::net::TcpListener::bind(&config.worker.worker_listen).await?;
         let reader = snapshot::Reader::spawn(db.clone());
-        let claims = batch::ClaimWriter::spawn(db.clone());
-        let sent = batch::SentWriter::spawn(db.clone());
+        let claims = claims::ClaimWriter::spawn(db.clone());
+        let sent = sent::SentWriter::spawn(db.clone());
         Ok(Self {
             shared: Arc::new(Shared {
                 db,

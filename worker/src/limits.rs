@@ -173,7 +173,7 @@ impl Limits {
         let mut a = self.adaptive.lock().expect("limits lock");
         Self::recover(&mut a);
         a.factor = (a.factor * 0.5).max(MIN_FACTOR);
-        metrics::gauge!("msgcontact_provider_rate_factor").set(a.factor);
+        metrics::gauge!(msgcontact::metrics::PROVIDER_RATE_FACTOR).set(a.factor);
         tracing::info!(factor = a.factor, "provider throttling: slowing down");
     }
 
@@ -181,8 +181,8 @@ impl Limits {
     pub fn housekeeping(&self) {
         self.per_phone.retain_recent();
         self.per_phone.shrink_to_fit();
-        metrics::gauge!("msgcontact_phone_limiter_keys").set(self.per_phone.len() as f64);
-        metrics::gauge!("msgcontact_provider_rate_factor").set(self.factor());
+        metrics::gauge!(msgcontact::metrics::PHONE_LIMITER_KEYS).set(self.per_phone.len() as f64);
+        metrics::gauge!(msgcontact::metrics::PROVIDER_RATE_FACTOR).set(self.factor());
     }
 
     pub fn tracked_phones(&self) -> usize {

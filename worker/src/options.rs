@@ -76,10 +76,9 @@ pub struct WorkerOptions {
     /// Refill of the per-phone guard, messages per minute.
     #[arg(long, env = "MSGCONTACT_PHONE_PER_MINUTE", default_value_t = 6)]
     pub phone_per_minute: u32,
-    /// Unacknowledged deliveries this worker holds at once. Enough in flight that the grouped
-    /// reads and writes carry several jobs each (measured on PostgreSQL, 2 cores: 16 → 64 took a
-    /// drain from ~0.4× to ~0.55× of a bare consume-insert-post pipeline), still small against one
-    /// worker's share of a queue, and at a 20 SMS/s provider at most ~3 s of waiting.
+    /// Unacknowledged deliveries this worker holds at once.
+    // Enough in flight that the grouped reads and writes carry several jobs each, still small
+    // against one worker's share of a queue (docs/benchmark.md has the measurement).
     #[arg(long, env = "MSGCONTACT_PREFETCH", default_value_t = 64)]
     pub prefetch: u16,
     /// Provider request timeout in milliseconds.

@@ -50,8 +50,8 @@ impl Writer {
     ///
     /// Its own thread and runtime because a batch is a chain of short statements, each of which
     /// wakes the writer again, while it holds the write lock (on PostgreSQL the counter rows): off
-    /// the request runtime those wake-ups never queue behind HTTP tasks. Measured on 2 cores at
-    /// c=32 this changed throughput by no more than the run-to-run noise.
+    /// the request runtime those wake-ups never queue behind HTTP tasks, so the lock is held for
+    /// the statements' time only, however busy the request threads are.
     pub async fn start(database_url: &str, max_batch: usize) -> Result<Self, msgcontact::Error> {
         let max_batch = max_batch.max(1);
         // The queue bounds waiting requests; beyond it callers wait for room (HTTP backpressure).

@@ -74,7 +74,7 @@ async fn reserve_and_publish(
     // broker away) the answer is a fast 503 that reads nothing, takes no quota and writes nothing
     // but the nonce. The caller retries after retry-after and then gets the remaining checks.
     let Some(admission) = state.publisher.admit() else {
-        metrics::counter!("msgcontact_sends_shed_total").increment(1);
+        metrics::counter!(msgcontact::metrics::SENDS_SHED).increment(1);
         if let Some(n) = nonce {
             state.writer.record_nonce_later(n);
         }

@@ -19,7 +19,7 @@ use super::{
     outcome::{failed, set_outcome},
 };
 use crate::store::{
-    batch,
+    claims as batch,
     snapshot::{CodeRef, Snapshot},
 };
 
@@ -120,12 +120,15 @@ pub(crate) async fn claim(
     let update = match SendStatus::parse(&req.status) {
         // The normal case: each published attempt claims once; copies of it find attempts moved on.
         Some(SendStatus::Queued | SendStatus::Retrying) => claiming
-            .filter(send_request::Column::Status.is_in(["Queued", "Retrying"]))
+            .filter(
+                send_request::Column::Status
+                    .is_in([SendStatus::Queued.as_str(), SendStatus::Retrying.as_str()]),
+            )
             .filter(send_request::Column::Attempts.lt(ctx.attempt as i32)),
         // Our own claim from before a database error interrupted the job: the provider was not
         // called yet; only the code may still need settling.
         Some(SendStatus::Sending) if ctx.claimed.load(std::sync::atomic::Ordering::Relaxed) => {
-            update.filter(send_request::Column::Status.eq("Sending"))
+            update.filter(send_request::Column::Status.eq(SendStatus::Sending.as_str()))
         }
         // The previous holder died mid-attempt: the SMS may or may not have gone out. One more
         // attempt is allowed for such an ambiguous outcome; after that the request fails.
@@ -147,7 +150,7 @@ pub(crate) async fn claim(
                     send_request::Column::AmbiguousAttempts,
                     Expr::col(send_request::Column::AmbiguousAttempts).add(1),
                 )
-                .filter(send_request::Column::Status.eq("Sending"))
+                .filter(send_request::Column::Status.eq(SendStatus::Sending.as_str()))
                 .filter(send_request::Column::Attempts.eq(req.attempts))
                 .filter(send_request::Column::AmbiguousAttempts.eq(0))
         }

@@ -12,10 +12,7 @@ use super::in_flight::InFlight;
 use crate::{
     limits,
     provider::Provider,
-    store::{
-        batch::{ClaimWriter, SentWriter},
-        snapshot,
-    },
+    store::{claims::ClaimWriter, sent::SentWriter, snapshot},
 };
 
 /// What every job of this process shares.
@@ -65,10 +62,6 @@ pub(crate) enum Disposition {
         delay: Duration,
     },
 }
-
-/// Longest a delivery is held while the database is unreachable, well under the broker's consumer
-/// timeout (30 min by default); after that it goes back to the queue.
-pub(crate) const MAX_DB_WAIT: Duration = Duration::from_secs(600);
 
 /// What the delivery says about the attempt it carries.
 pub(crate) struct JobCtx {

@@ -3,14 +3,16 @@
 
 use std::time::Duration;
 
-use msgcontact::{domain::mask_phone, entities::send_request, status::SendStatus, time::now_ms};
+use msgcontact::{
+    domain::mask_phone, entities::send_request, retry, status::SendStatus, time::now_ms,
+};
 use sea_orm::{
     ColumnTrait, DbErr, EntityTrait, QueryFilter,
     sea_query::{Expr, ExprTrait},
 };
 
 use super::{
-    context::{Disposition, MAX_DB_WAIT, Shared},
+    context::{Disposition, Shared},
     outcome::{Outcome, failed, set_outcome},
 };
 use crate::{
@@ -46,24 +48,14 @@ pub(crate) async fn deliver(
     // unreachable the recording is retried with backoff, holding the delivery; if that takes too
     // long (or we are stopping) the delivery goes back, and its redelivery is treated as the
     // ambiguous attempt it then is.
-    let started = tokio::time::Instant::now();
-    let mut backoff = Duration::from_millis(200);
-    loop {
-        match record(shared, req, v.expires_ms, outcome.clone(), elapsed).await {
-            Ok(d) => return Ok(d),
-            Err(e) => {
-                tracing::warn!(error = %e, ?backoff, "could not record the provider's outcome; will retry");
-                if started.elapsed() > MAX_DB_WAIT {
-                    return Ok(Disposition::Requeue);
-                }
-                tokio::select! {
-                    _ = shared.shutdown.cancelled() => return Ok(Disposition::Requeue),
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(10));
-            }
-        }
-    }
+    Ok(retry::until_ok(
+        &retry::DATABASE,
+        "could not record the provider's outcome",
+        &shared.shutdown,
+        || record(shared, req, v.expires_ms, outcome.clone(), elapsed),
+    )
+    .await
+    .unwrap_or(Disposition::Requeue))
 }
 
 /// Records what the provider answered and decides what happens to the delivery.

@@ -10,14 +10,15 @@ mod outcome;
 mod process;
 mod settle;
 
-use std::time::Duration;
-
 use lapin::message::Delivery;
-use msgcontact::job::{self, SendJob};
+use msgcontact::{
+    job::{self, SendJob},
+    retry,
+};
 use tracing::Instrument;
 
 pub(crate) use context::Shared;
-use context::{Disposition, JobCtx, MAX_DB_WAIT};
+use context::{Disposition, JobCtx};
 pub(crate) use in_flight::InFlight;
 
 pub(crate) async fn handle_delivery(shared: &Shared, delivery: Delivery) {
@@ -50,25 +51,16 @@ pub(crate) async fn handle_delivery(shared: &Shared, delivery: Delivery) {
             // A copy of a job still running here waits for it rather than racing it.
             let _in_flight = shared.in_flight.enter(&job.request_id).await;
             // The database is the source of truth: while it is unreachable, hold the delivery
-            // (no ack, no requeue loop) and retry with backoff.
-            let started = tokio::time::Instant::now();
-            let mut backoff = Duration::from_millis(200);
-            loop {
-                match process::process(shared, &job, &ctx).await {
-                    Ok(d) => return d,
-                    Err(e) => {
-                        tracing::warn!(error = %e, ?backoff, "database error while processing; will retry");
-                        if started.elapsed() > MAX_DB_WAIT {
-                            return Disposition::Requeue;
-                        }
-                        tokio::select! {
-                            _ = shared.shutdown.cancelled() => return Disposition::Requeue,
-                            _ = tokio::time::sleep(backoff) => {}
-                        }
-                        backoff = (backoff * 2).min(Duration::from_secs(10));
-                    }
-                }
-            }
+            // (no ack, no requeue loop) and retry; past the schedule, or when stopping, give the
+            // delivery back.
+            retry::until_ok(
+                &retry::DATABASE,
+                "database error while processing",
+                &shared.shutdown,
+                || process::process(shared, &job, &ctx),
+            )
+            .await
+            .unwrap_or(Disposition::Requeue)
         }
         .instrument(span.clone())
         .await

@@ -23,7 +23,7 @@ pub(crate) async fn set_outcome(
     if n > 0 {
         metrics::counter!(msgcontact::metrics::JOBS, "outcome" => status.as_str()).increment(1);
         if let (SendStatus::Failed, Some(code)) = (status, code) {
-            metrics::counter!("msgcontact_jobs_failed_total", "code" => code).increment(1);
+            metrics::counter!(msgcontact::metrics::JOBS_FAILED, "code" => code).increment(1);
         }
     }
     Ok(n)

@@ -95,7 +95,7 @@ pub(crate) async fn process(
                 let level = (0..delays.len())
                     .find(|l| delays[*l] >= wait)
                     .unwrap_or(delays.len() - 1);
-                metrics::counter!("msgcontact_rate_limit_deferrals_total").increment(1);
+                metrics::counter!(msgcontact::metrics::RATE_LIMIT_DEFERRALS).increment(1);
                 tracing::debug!(?wait, level, "rate limited: parking the job");
                 return Ok(Disposition::Retry {
                     attempt: ctx.attempt,

@@ -8,7 +8,7 @@ use lapin::{
     options::{BasicAckOptions, BasicNackOptions, BasicPublishOptions},
     types::{AMQPValue, FieldTable, LongString},
 };
-use msgcontact::job;
+use msgcontact::{job, retry};
 
 use super::context::{Disposition, Shared};
 
@@ -65,7 +65,7 @@ pub(super) async fn settle(shared: &Shared, delivery: &Delivery, disposition: Di
             // would lose it: a redelivered copy of this attempt finds the request Retrying and
             // is dropped as a duplicate. So keep trying, on the fresh session the supervisor
             // builds after a broker loss.
-            let mut backoff = Duration::from_millis(200);
+            let mut waits = retry::BROKER.delays();
             loop {
                 let sent = republish(
                     shared,
@@ -89,12 +89,13 @@ pub(super) async fn settle(shared: &Shared, delivery: &Delivery, disposition: Di
                             .await;
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, ?backoff, "could not schedule the retry yet; will try again");
+                        let wait = waits.next().unwrap_or(retry::BROKER.max);
+                        tracing::warn!(error = %e, ?wait, "could not schedule the retry yet; will try again");
+                        // Woken by a stop, it tries once more: an ack beats giving the delivery back.
                         tokio::select! {
                             _ = shared.shutdown.cancelled() => {}
-                            _ = tokio::time::sleep(backoff) => {}
+                            _ = tokio::time::sleep(wait) => {}
                         }
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
                     }
                 }
             }

@@ -1,5 +1,6 @@
 //! The worker's database access: the grouped read a job starts with ([`snapshot`]) and the group
-//! commits of claims and `Sent` outcomes ([`batch`]).
+//! commits of claims ([`claims`]) and of `Sent` outcomes ([`sent`]).
 
-pub mod batch;
+pub mod claims;
+pub mod sent;
 pub mod snapshot;
