@@ -4,6 +4,7 @@
 use std::{net::SocketAddr, num::NonZeroU32, sync::Arc, time::Duration};
 
 use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
+use futures::future::BoxFuture;
 use sea_orm::DatabaseConnection;
 use tokio_util::sync::CancellationToken;
 
@@ -28,7 +29,14 @@ pub struct Application {
 }
 
 impl Application {
-    pub async fn build(config: Config) -> Result<Self, Error> {
+    /// Binds and connects everything.
+    // Boxed here (as is `run_until_stopped`): the binaries then poll one `dyn Future` instead of
+    // compiling this crate's whole async call tree again each (a release build's largest cost).
+    pub fn build(config: Config) -> BoxFuture<'static, Result<Self, Error>> {
+        Box::pin(Self::connect(config))
+    }
+
+    async fn connect(config: Config) -> Result<Self, Error> {
         let provider = Provider::from_options(&config.worker)?;
         msgcontact::metrics::handle();
         let w = &config.worker;
@@ -87,7 +95,14 @@ impl Application {
     }
 
     /// Consumes until `shutdown` fires, then stops consuming, lets in-flight jobs finish, and closes.
-    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), Error> {
+    pub fn run_until_stopped(
+        self,
+        shutdown: CancellationToken,
+    ) -> BoxFuture<'static, Result<(), Error>> {
+        Box::pin(self.run(shutdown))
+    }
+
+    async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
         let broker_ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let health = HealthState {
             db: self.shared.db.clone(),
