@@ -22,7 +22,15 @@ pub async fn write_txn(db: &DatabaseConnection) -> Result<DatabaseTransaction, D
 }
 
 /// Connects, creating the SQLite file's directory if needed, and applies pending migrations.
-pub async fn connect(url: &str, pool: u32) -> Result<DatabaseConnection, Error> {
+pub fn connect(
+    url: &str,
+    pool: u32,
+) -> std::pin::Pin<Box<dyn Future<Output = Result<DatabaseConnection, Error>> + Send + '_>> {
+    // Boxed so that callers in other crates do not compile the migrator's async tree again.
+    Box::pin(connect_and_migrate(url, pool))
+}
+
+async fn connect_and_migrate(url: &str, pool: u32) -> Result<DatabaseConnection, Error> {
     // Processes opening a fresh SQLite file at once race to switch it to WAL, which needs the
     // file to themselves; the losers see "database is locked" and simply try again.
     let mut attempt = 0;
