@@ -73,20 +73,79 @@ impl std::str::FromStr for SendStatus {
 #[error("unknown status {0:?}")]
 pub struct UnknownStatus(pub String);
 
-/// Verification record states.
-pub mod verification {
-    /// A code that may still be checked (until it expires).
-    pub const PENDING: &str = "Pending";
-    /// Checked successfully: the number became the contact's phone.
-    pub const VERIFIED: &str = "Verified";
-    /// Too many wrong checks.
-    pub const LOCKED: &str = "Locked";
-    /// Replaced or withdrawn (expired code replaced, update cancelled, contact changed).
-    pub const CLOSED: &str = "Closed";
+/// Generates a stored state's enum: its names as stored, parsing (an unknown name is an error at the
+/// edge, where a row is read) and display.
+macro_rules! stored_states {
+    ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $v:ident),+ $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum $name { $($(#[$vm])* $v),+ }
+
+        impl $name {
+            pub const fn as_str(self) -> &'static str {
+                match self { $($name::$v => stringify!($v)),+ }
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = UnknownStatus;
+
+            fn from_str(s: &str) -> Result<Self, UnknownStatus> {
+                match s {
+                    $(stringify!($v) => Ok($name::$v),)+
+                    _ => Err(UnknownStatus(s.to_owned())),
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
 }
 
-/// Access key states.
-pub mod access_key {
-    pub const ACTIVE: &str = "Active";
-    pub const INACTIVE: &str = "Inactive";
+stored_states!(
+    /// A verification record's state.
+    VerificationStatus {
+        /// A code that may still be checked (until it expires).
+        Pending,
+        /// Checked successfully: the number became the contact's phone.
+        Verified,
+        /// Too many wrong checks.
+        Locked,
+        /// Replaced or withdrawn (expired code replaced, update cancelled, contact changed).
+        Closed,
+    }
+);
+
+stored_states!(
+    /// An access key's state.
+    AccessKeyStatus { Active, Inactive }
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_state_reads_back_from_its_stored_name() {
+        for s in SendStatus::ALL {
+            assert_eq!(s.as_str().parse::<SendStatus>(), Ok(s));
+        }
+        for s in [
+            VerificationStatus::Pending,
+            VerificationStatus::Verified,
+            VerificationStatus::Locked,
+            VerificationStatus::Closed,
+        ] {
+            assert_eq!(s.as_str().parse::<VerificationStatus>(), Ok(s));
+        }
+        assert_eq!(
+            "Active".parse::<AccessKeyStatus>(),
+            Ok(AccessKeyStatus::Active)
+        );
+        assert!("active".parse::<AccessKeyStatus>().is_err());
+    }
 }

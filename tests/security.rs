@@ -116,7 +116,10 @@ async fn concurrent_guesses_never_pass_the_attempt_cap(backend: Backend) {
         .unwrap();
     assert_eq!(v.len(), 1);
     assert_eq!(v[0].failed_attempts, 5);
-    assert_eq!(v[0].status, msgcontact::status::verification::LOCKED);
+    assert_eq!(
+        v[0].status,
+        msgcontact::status::VerificationStatus::Locked.as_str()
+    );
 
     // A new send issues a new code, which verifies.
     let rid2 = send(&app, &id, PHONE).await;

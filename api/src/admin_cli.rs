@@ -4,7 +4,7 @@ use msgcontact::{
     domain::AccountId,
     entities::{access_key, account},
     secrets::{MIN_SECRET_LEN, MasterKey},
-    status,
+    status::AccessKeyStatus,
     time::{format_ms, now_ms},
 };
 use rand::Rng;
@@ -105,7 +105,7 @@ pub async fn create_key(
         access_key_id: Set(id.clone()),
         account_id: Set(account.to_string()),
         secret: Set(master.seal(&secret, &id)),
-        status: Set(status::access_key::ACTIVE.into()),
+        status: Set(AccessKeyStatus::Active.as_str().into()),
         created_ms: Set(now),
     })
     .exec_without_returning(db)
@@ -115,7 +115,7 @@ pub async fn create_key(
         "AccessKeyId": id,
         "AccessKeySecret": secret,
         "AccountId": account.to_string(),
-        "Status": status::access_key::ACTIVE,
+        "Status": AccessKeyStatus::Active.as_str(),
         "CreateDate": format_ms(now),
     }))
 }
@@ -165,9 +165,11 @@ pub async fn access_key(
                 .await?
                 .ok_or_else(|| anyhow::anyhow!("no access key {access_key_id}"))?;
             let mut am: access_key::ActiveModel = key.into();
-            am.status = Set(status::access_key::INACTIVE.into());
+            am.status = Set(AccessKeyStatus::Inactive.as_str().into());
             sea_orm::ActiveModelTrait::update(am, db).await?;
-            Ok(json!({ "AccessKeyId": access_key_id, "Status": status::access_key::INACTIVE }))
+            Ok(
+                json!({ "AccessKeyId": access_key_id, "Status": AccessKeyStatus::Inactive.as_str() }),
+            )
         }
     }
 }

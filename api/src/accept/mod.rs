@@ -215,7 +215,7 @@ async fn apply(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use msgcontact::{entities::access_key, status};
+    use msgcontact::{entities::access_key, status::AccessKeyStatus};
     use sea_orm::{ActiveValue::Set, EntityTrait};
 
     use crate::testing::TempDb;
@@ -246,7 +246,7 @@ mod tests {
             access_key_id: Set("key".into()),
             account_id: Set("1234567890123456".into()),
             secret: Set("testSecret".into()),
-            status: Set(status::access_key::ACTIVE.into()),
+            status: Set(AccessKeyStatus::Active.as_str().into()),
             created_ms: Set(0),
         })
         .exec_without_returning(&pool)

@@ -5,7 +5,7 @@
 
 use msgcontact::{
     db::text_array,
-    status::{self, SendStatus},
+    status::{AccessKeyStatus, SendStatus},
 };
 use sea_orm::{ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, Statement, Value};
 
@@ -74,7 +74,7 @@ pub(super) async fn read(txn: &DatabaseTransaction, plan: &Plan<'_>) -> Result<R
                 text_array(plan.key_ids.iter().copied()),
                 text_array(plan.groups.iter().map(|(a, _)| *a)),
                 text_array(plan.groups.iter().map(|(_, d)| *d)),
-                status::access_key::ACTIVE.into(),
+                AccessKeyStatus::Active.as_str().into(),
             ],
         ))
         .await?;

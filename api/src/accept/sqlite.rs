@@ -6,7 +6,7 @@ use std::collections::{BTreeSet, HashSet};
 use msgcontact::{
     db::Script,
     entities::{access_key, account, contact, daily_counter, send_request, signature_nonce},
-    status::{self, SendStatus},
+    status::{AccessKeyStatus, SendStatus},
 };
 use sea_orm::{
     ActiveValue::Set,
@@ -37,7 +37,7 @@ pub(super) async fn read(
                 .column(access_key::Column::AccessKeyId)
                 .from(access_key::Entity)
                 .and_where(access_key::Column::AccessKeyId.is_in(plan.key_ids.iter().copied()))
-                .and_where(access_key::Column::Status.eq(status::access_key::ACTIVE))
+                .and_where(access_key::Column::Status.eq(AccessKeyStatus::Active.as_str()))
                 .to_owned(),
         );
     }

@@ -6,7 +6,7 @@ use msgcontact::{
         AccountId, ContactId, ContactName, EmailAddress, MemberId, MessageTypes, PhoneNumber, Title,
     },
     entities::{contact, contact_deletion, contact_member, verification},
-    status::verification as vstatus,
+    status::VerificationStatus,
     time::{format_ms, now_ms},
 };
 use sea_orm::{
@@ -80,7 +80,10 @@ pub async fn close_live_codes<C: ConnectionTrait>(
             verification::Column::LiveKey,
             Expr::value(Option::<String>::None),
         )
-        .col_expr(verification::Column::Status, Expr::value(vstatus::CLOSED))
+        .col_expr(
+            verification::Column::Status,
+            Expr::value(VerificationStatus::Closed.as_str()),
+        )
         .filter(verification::Column::ContactId.eq(contact_id))
         .filter(verification::Column::LiveKey.is_not_null());
     if let Some(phone) = phone {

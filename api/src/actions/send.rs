@@ -5,7 +5,7 @@ use msgcontact::{
     domain::{AccountId, ContactId, PhoneNumber, RequestId, live_key, mask_phone},
     entities::{contact, daily_counter, send_request, verification},
     job::SendJob,
-    status::{SendStatus, verification as vstatus},
+    status::{SendStatus, VerificationStatus},
     time::{format_ms, now_ms, utc_day},
 };
 use sea_orm::{
@@ -219,13 +219,13 @@ pub async fn check_phone(state: &AppState, account: &AccountId, p: &Params) -> O
                 Expr::col(verification::Column::FailedAttempts)
                     .add(1)
                     .gte(max),
-                vstatus::LOCKED,
+                VerificationStatus::Locked.as_str(),
             )
             .finally(Expr::col(verification::Column::Status))
             .into(),
         )
         .filter(verification::Column::LiveKey.eq(key.as_str()))
-        .filter(verification::Column::Status.eq(vstatus::PENDING))
+        .filter(verification::Column::Status.eq(VerificationStatus::Pending.as_str()))
         .filter(verification::Column::FailedAttempts.lt(max))
         .filter(verification::Column::ExpiresMs.gt(now))
         .exec_with_returning(&state.db)
@@ -240,13 +240,15 @@ pub async fn check_phone(state: &AppState, account: &AccountId, p: &Params) -> O
             .await
             .map_err(ApiError::from)?
             .ok_or(ApiError::VerificationNotFound)?;
-        return Err(if v.status == vstatus::LOCKED || v.failed_attempts >= max {
-            ApiError::VerificationCodeAttemptsExceeded
-        } else if v.expires_ms <= now {
-            ApiError::VerificationCodeExpired
-        } else {
-            ApiError::VerificationNotFound
-        });
+        return Err(
+            if v.status == VerificationStatus::Locked.as_str() || v.failed_attempts >= max {
+                ApiError::VerificationCodeAttemptsExceeded
+            } else if v.expires_ms <= now {
+                ApiError::VerificationCodeExpired
+            } else {
+                ApiError::VerificationNotFound
+            },
+        );
     };
     if !state.code_secrets.matches(&v.verification_id, code) {
         return Err(ApiError::InvalidVerificationCode {
@@ -258,7 +260,10 @@ pub async fn check_phone(state: &AppState, account: &AccountId, p: &Params) -> O
     // unexpired. A right guess verifies even if its slot was the last (which locked the code): it
     // was compared within the budget. The attempt it took is given back.
     let used = verification::Entity::update_many()
-        .col_expr(verification::Column::Status, Expr::value(vstatus::VERIFIED))
+        .col_expr(
+            verification::Column::Status,
+            Expr::value(VerificationStatus::Verified.as_str()),
+        )
         .col_expr(
             verification::Column::LiveKey,
             Expr::value(Option::<String>::None),
@@ -270,7 +275,10 @@ pub async fn check_phone(state: &AppState, account: &AccountId, p: &Params) -> O
         .filter(verification::Column::VerificationId.eq(v.verification_id.as_str()))
         .filter(verification::Column::LiveKey.eq(key.as_str()))
         .filter(verification::Column::ExpiresMs.gt(now_ms()))
-        .filter(verification::Column::Status.is_in([vstatus::PENDING, vstatus::LOCKED]))
+        .filter(verification::Column::Status.is_in([
+            VerificationStatus::Pending.as_str(),
+            VerificationStatus::Locked.as_str(),
+        ]))
         .exec(&txn)
         .await
         .map_err(ApiError::from)?;

@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use msgcontact::{ApiError, entities::access_key, secrets::MasterKey, status};
+use msgcontact::{ApiError, entities::access_key, secrets::MasterKey, status::AccessKeyStatus};
 use sea_orm::{ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter};
 
 /// How often keys created since the last look are read: a key made with the CLI works within it.
@@ -101,7 +101,7 @@ impl KeyStore {
             self.newest_ms.fetch_max(row.created_ms, Ordering::Relaxed);
             // Unchanged rows keep their opened secret (opening each second would be wasted work).
             let unchanged = current.get(&row.access_key_id).filter(|k| {
-                k.active == (row.status == status::access_key::ACTIVE)
+                k.active == (row.status == AccessKeyStatus::Active.as_str())
                     && k.account_id == row.account_id
             });
             if let Some(k) = unchanged
@@ -115,7 +115,7 @@ impl KeyStore {
                     next.insert(
                         row.access_key_id.clone(),
                         Key {
-                            active: row.status == status::access_key::ACTIVE,
+                            active: row.status == AccessKeyStatus::Active.as_str(),
                             access_key_id: row.access_key_id,
                             account_id: row.account_id,
                             secret,
@@ -207,7 +207,7 @@ mod tests {
             access_key_id: Set(id.into()),
             account_id: Set("1234567890123456".into()),
             secret: Set(secret.into()),
-            status: Set(status::access_key::ACTIVE.into()),
+            status: Set(AccessKeyStatus::Active.as_str().into()),
             created_ms: Set(now_ms()),
         })
         .exec_without_returning(db)

@@ -4,7 +4,7 @@
 use msgcontact::{
     domain::live_key,
     entities::{send_request, verification},
-    status::{SendStatus, verification as vstatus},
+    status::{SendStatus, VerificationStatus},
     time::now_ms,
 };
 use sea_orm::{
@@ -198,7 +198,7 @@ pub(crate) fn fresh_row(
     let code = CodeRef {
         // Time-ordered like request ids: new code rows append to the primary-key index.
         id: uuid::Uuid::now_v7().to_string(),
-        status: vstatus::PENDING.into(),
+        status: VerificationStatus::Pending,
         expires_ms: now + shared.policy.code_ttl().as_millis() as i64,
     };
     let row = verification::ActiveModel {
@@ -206,7 +206,7 @@ pub(crate) fn fresh_row(
         account_id: Set(req.account_id.clone()),
         contact_id: Set(req.contact_id.clone()),
         phone: Set(req.phone.clone()),
-        status: Set(code.status.clone()),
+        status: Set(code.status.as_str().into()),
         failed_attempts: Set(0),
         created_ms: Set(now),
         expires_ms: Set(code.expires_ms),
@@ -233,10 +233,10 @@ pub(crate) async fn fresh_code(
             )
             .col_expr(
                 verification::Column::Status,
-                Expr::value(if v.status == vstatus::LOCKED {
-                    vstatus::LOCKED
+                Expr::value(if v.status == VerificationStatus::Locked {
+                    VerificationStatus::Locked.as_str()
                 } else {
-                    vstatus::CLOSED
+                    VerificationStatus::Closed.as_str()
                 }),
             )
             .filter(

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use msgcontact::{
     db::{placeholder, text_array},
     entities::send_request,
-    status::verification as vstatus,
+    status::VerificationStatus,
 };
 use sea_orm::{
     ConnectionTrait, DatabaseConnection, DbBackend, DbErr, FromQueryResult, QueryResult, Statement,
@@ -26,13 +26,13 @@ const MAX_BATCH: usize = 128;
 #[derive(Debug, Clone)]
 pub struct CodeRef {
     pub id: String,
-    pub status: String,
+    pub status: VerificationStatus,
     pub expires_ms: i64,
 }
 
 impl CodeRef {
     pub fn is_live(&self, now: i64) -> bool {
-        self.status == vstatus::PENDING && self.expires_ms > now
+        self.status == VerificationStatus::Pending && self.expires_ms > now
     }
 }
 
@@ -61,7 +61,11 @@ impl Snapshot {
             let Some(id) = id else { return Ok(None) };
             Ok(Some(CodeRef {
                 id,
-                status: row.try_get("", &format!("{p}_status"))?,
+                // Checked where it is read: a state this version does not know is an error.
+                status: row
+                    .try_get::<String>("", &format!("{p}_status"))?
+                    .parse()
+                    .map_err(|e: msgcontact::status::UnknownStatus| DbErr::Custom(e.to_string()))?,
                 expires_ms: row.try_get("", &format!("{p}_expires"))?,
             }))
         };
