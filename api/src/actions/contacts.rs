@@ -30,8 +30,7 @@ pub async fn find_contact<C: ConnectionTrait>(
     contact::Entity::find_by_id(id.as_str().to_owned())
         .filter(contact::Column::AccountId.eq(account.as_str()))
         .one(db)
-        .await
-        .map_err(ApiError::from)?
+        .await?
         .ok_or(ApiError::ContactNotFound)
 }
 
@@ -66,7 +65,7 @@ async fn name_in_use<C: ConnectionTrait>(
     if let Some(id) = except {
         q = q.filter(contact::Column::ContactId.ne(id));
     }
-    Ok(q.count(db).await.map_err(ApiError::from)? > 0)
+    Ok(q.count(db).await? > 0)
 }
 
 /// Withdraws the live code(s) of a contact (for one number, or all), e.g. when the target changes.
@@ -172,16 +171,14 @@ pub async fn update(state: &AppState, account: &AccountId, p: &Params) -> OpResu
         if new_pending != current.pending_phone {
             // The old pending number's code must no longer verify anything.
             if let Some(old) = &current.pending_phone {
-                close_live_codes(&txn, id.as_str(), Some(old))
-                    .await
-                    .map_err(ApiError::from)?;
+                close_live_codes(&txn, id.as_str(), Some(old)).await?;
             }
             am.pending_phone = Set(new_pending);
         }
     }
     am.updated_ms = Set(now_ms());
     am.update(&txn).await.map_err(name_taken)?;
-    txn.commit().await.map_err(ApiError::from)?;
+    txn.commit().await?;
     Ok(obj! {})
 }
 
@@ -191,18 +188,14 @@ pub async fn delete(state: &AppState, account: &AccountId, p: &Params) -> OpResu
     let _retain = p.bool("RetainContactInMembers")?.unwrap_or(true);
     let txn = msgcontact::db::write_txn(&state.db).await?;
     let c = find_contact(&txn, account, &id).await?;
-    close_live_codes(&txn, id.as_str(), None)
-        .await
-        .map_err(ApiError::from)?;
+    close_live_codes(&txn, id.as_str(), None).await?;
     contact_member::Entity::delete_many()
         .filter(contact_member::Column::ContactId.eq(id.as_str()))
         .exec(&txn)
-        .await
-        .map_err(ApiError::from)?;
+        .await?;
     contact::Entity::delete_by_id(id.as_str().to_owned())
         .exec(&txn)
-        .await
-        .map_err(ApiError::from)?;
+        .await?;
     contact_deletion::Entity::insert(contact_deletion::ActiveModel {
         contact_id: Set(id.to_string()),
         account_id: Set(account.to_string()),
@@ -219,9 +212,8 @@ pub async fn delete(state: &AppState, account: &AccountId, p: &Params) -> OpResu
             .to_owned(),
     )
     .exec_without_returning(&txn)
-    .await
-    .map_err(ApiError::from)?;
-    txn.commit().await.map_err(ApiError::from)?;
+    .await?;
+    txn.commit().await?;
     Ok(obj! { "Status" => "Deleted" })
 }
 
@@ -230,8 +222,7 @@ pub async fn deletion_status(state: &AppState, account: &AccountId, p: &Params) 
     let d = contact_deletion::Entity::find_by_id(id.as_str().to_owned())
         .filter(contact_deletion::Column::AccountId.eq(account.as_str()))
         .one(&state.db)
-        .await
-        .map_err(ApiError::from)?;
+        .await?;
     match d {
         Some(d) => Ok(obj! { "ContactDeletionStatus" => json!({
             "ContactId": d.contact_id, "Status": d.status, "FailReasonList": Vec::<Value>::new()
@@ -251,8 +242,7 @@ async fn members_of<C: ConnectionTrait>(
         .filter(contact_member::Column::ContactId.is_in(ids.iter().cloned()))
         .order_by_asc(contact_member::Column::MemberId)
         .all(db)
-        .await
-        .map_err(ApiError::from)?;
+        .await?;
     let mut map: std::collections::HashMap<String, Vec<String>> = Default::default();
     for r in rows {
         map.entry(r.contact_id).or_default().push(r.member_id);
@@ -296,23 +286,21 @@ pub async fn list(state: &AppState, account: &AccountId, p: &Params) -> OpResult
             .filter(contact_member::Column::AccountId.eq(account.as_str()))
             .filter(contact_member::Column::MemberId.eq(m.as_str()))
             .all(&state.db)
-            .await
-            .map_err(ApiError::from)?;
+            .await?;
         associated = rows
             .into_iter()
             .map(|r| (r.contact_id, r.modify_ms))
             .collect();
         q = q.filter(contact::Column::ContactId.is_in(associated.keys().cloned()));
     }
-    let total = q.clone().count(&state.db).await.map_err(ApiError::from)?;
+    let total = q.clone().count(&state.db).await?;
     let rows = q
         .order_by_asc(contact::Column::CreatedMs)
         .order_by_asc(contact::Column::ContactId)
         .offset((page - 1) * size)
         .limit(size)
         .all(&state.db)
-        .await
-        .map_err(ApiError::from)?;
+        .await?;
     let ids: Vec<String> = rows.iter().map(|c| c.contact_id.clone()).collect();
     let mut members = members_of(&state.db, &ids).await?;
     let contacts: Vec<Value> = rows
@@ -339,15 +327,14 @@ pub async fn list_verifications(state: &AppState, account: &AccountId, p: &Param
     if let Some(id) = p.get("ContactId").map(ContactId::parse).transpose()? {
         q = q.filter(contact::Column::ContactId.eq(id.as_str()));
     }
-    let total = q.clone().count(&state.db).await.map_err(ApiError::from)?;
+    let total = q.clone().count(&state.db).await?;
     let rows = q
         .order_by_asc(contact::Column::CreatedMs)
         .order_by_asc(contact::Column::ContactId)
         .offset((page - 1) * size)
         .limit(size)
         .all(&state.db)
-        .await
-        .map_err(ApiError::from)?;
+        .await?;
     let items: Vec<Value> = rows
         .iter()
         .map(|c| json!({ "ContactId": c.contact_id, "Target": c.pending_phone }))
@@ -378,15 +365,13 @@ pub async fn cancel_update(state: &AppState, account: &AccountId, p: &Params) ->
         _ => {}
     }
     if let Some(pending) = pending {
-        close_live_codes(&txn, id.as_str(), Some(&pending))
-            .await
-            .map_err(ApiError::from)?;
+        close_live_codes(&txn, id.as_str(), Some(&pending)).await?;
         let mut am: contact::ActiveModel = c.into();
         am.pending_phone = Set(None);
         am.updated_ms = Set(now_ms());
-        am.update(&txn).await.map_err(ApiError::from)?;
+        am.update(&txn).await?;
     }
-    txn.commit().await.map_err(ApiError::from)?;
+    txn.commit().await?;
     Ok(obj! {})
 }
 
@@ -436,9 +421,8 @@ pub async fn associate(state: &AppState, account: &AccountId, p: &Params) -> OpR
             .to_owned(),
         )
         .exec_without_returning(&txn)
-        .await
-        .map_err(ApiError::from)?;
-    txn.commit().await.map_err(ApiError::from)?;
+        .await?;
+    txn.commit().await?;
     Ok(obj! { "Members" => member_rows(id.as_str(), &members, now) })
 }
 
@@ -453,8 +437,7 @@ pub async fn disassociate(state: &AppState, account: &AccountId, p: &Params) -> 
             contact_member::Column::MemberId.is_in(members.iter().map(|m| m.as_str().to_owned())),
         )
         .exec(&txn)
-        .await
-        .map_err(ApiError::from)?;
-    txn.commit().await.map_err(ApiError::from)?;
+        .await?;
+    txn.commit().await?;
     Ok(obj! { "Members" => member_rows(id.as_str(), &members, now_ms()) })
 }

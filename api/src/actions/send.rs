@@ -156,8 +156,7 @@ async fn release(
             .filter(send_request::Column::RequestId.eq(rid))
             .filter(send_request::Column::Status.eq(SendStatus::Queued.as_str()))
             .exec(&txn)
-            .await
-            .map_err(ApiError::from)?;
+            .await?;
         if failed.rows_affected == 1 {
             daily_counter::Entity::update_many()
                 .col_expr(
@@ -168,8 +167,7 @@ async fn release(
                 .filter(daily_counter::Column::Day.eq(day))
                 .filter(daily_counter::Column::Count.gt(0))
                 .exec(&txn)
-                .await
-                .map_err(ApiError::from)?;
+                .await?;
             contact::Entity::update_many()
                 .col_expr(
                     contact::Column::LastSendMs,
@@ -178,8 +176,7 @@ async fn release(
                 .filter(contact::Column::ContactId.eq(id.as_str()))
                 .filter(contact::Column::LastSendMs.eq(sent_at))
                 .exec(&txn)
-                .await
-                .map_err(ApiError::from)?;
+                .await?;
         }
         txn.commit().await.map_err(ApiError::from)
     }
@@ -229,16 +226,14 @@ pub async fn check_phone(state: &AppState, account: &AccountId, p: &Params) -> O
         .filter(verification::Column::FailedAttempts.lt(max))
         .filter(verification::Column::ExpiresMs.gt(now))
         .exec_with_returning(&state.db)
-        .await
-        .map_err(ApiError::from)?
+        .await?
         .pop();
     let Some(v) = taken else {
         // No slot: say why, from a read that compares nothing.
         let v = verification::Entity::find()
             .filter(verification::Column::LiveKey.eq(key.as_str()))
             .one(&state.db)
-            .await
-            .map_err(ApiError::from)?
+            .await?
             .ok_or(ApiError::VerificationNotFound)?;
         return Err(
             if v.status == VerificationStatus::Locked.as_str() || v.failed_attempts >= max {
@@ -280,8 +275,7 @@ pub async fn check_phone(state: &AppState, account: &AccountId, p: &Params) -> O
             VerificationStatus::Locked.as_str(),
         ]))
         .exec(&txn)
-        .await
-        .map_err(ApiError::from)?;
+        .await?;
     if used.rows_affected == 0 {
         return Err(ApiError::VerificationNotFound);
     }
@@ -295,10 +289,9 @@ pub async fn check_phone(state: &AppState, account: &AccountId, p: &Params) -> O
         .filter(contact::Column::ContactId.eq(id.as_str()))
         .filter(contact::Column::PendingPhone.eq(phone_s.as_str()))
         .exec(&txn)
-        .await
-        .map_err(ApiError::from)?;
+        .await?;
     let c = find_contact(&txn, account, &id).await?;
-    txn.commit().await.map_err(ApiError::from)?;
+    txn.commit().await?;
     tracing::info!(contact_id = %id, phone = %phone.masked(), "phone verified");
     Ok(obj! { "Status" => super::contacts::contact_status(&c) })
 }
@@ -308,8 +301,7 @@ pub async fn get_request(state: &AppState, account: &AccountId, p: &Params) -> O
     let r = send_request::Entity::find_by_id(rid.to_string())
         .filter(send_request::Column::AccountId.eq(account.as_str()))
         .one(&state.db)
-        .await
-        .map_err(ApiError::from)?
+        .await?
         .ok_or(ApiError::RequestNotFound)?;
     Ok(obj! { "Request" => serde_json::json!({
         "RequestId": r.request_id,
